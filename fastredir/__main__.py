@@ -1,0 +1,3 @@
+from fastredir.cli import main
+
+raise SystemExit(main())
