@@ -1,0 +1,40 @@
+"""Choose the fast-path implementation.
+
+The Cython extension is used when it is built; the pure-Python twin
+(`fallback` with `pyloop`) otherwise, or when FASTREDIR_PURE=1 is set in
+the environment.  Both expose `compile_table()`, `process()` and `Loop`
+with the same contract.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+from fastredir import fallback, pyloop
+
+
+class _PurePython:
+    IMPLEMENTATION = "python"
+    compile_table = staticmethod(fallback.compile_table)
+    process = staticmethod(fallback.process)
+    Loop = pyloop.Loop
+
+
+def _load_cython() -> ModuleType | None:
+    try:
+        from fastredir import _fastpath
+    except ImportError:
+        return None
+    return _fastpath
+
+
+def select_implementation(pure: bool | None = None) -> object:
+    """Return the module-like object implementing the fast path."""
+    if pure is None:
+        pure = os.environ.get("FASTREDIR_PURE", "") not in ("", "0")
+    if not pure:
+        cython = _load_cython()
+        if cython is not None:
+            return cython
+    return _PurePython
