@@ -1,0 +1,231 @@
+"""The `fastredir` command line: serve, check-config, probe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fastredir import __version__
+from fastredir.config import (
+    Config,
+    load_config,
+    load_default,
+    parse_gateway_option,
+    parse_host_port,
+    parse_ip,
+    parse_listen_option,
+    with_overrides,
+)
+from fastredir.exceptions import ConfigError
+from fastredir.fastpath import select_implementation
+from fastredir.ikev2 import IKE_PORT
+from fastredir.logsetup import configure_logging
+from fastredir.message import GatewayIdentity
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # invalid configuration, cannot bind, no answer
+EXIT_USAGE = 2  # argparse's own status for bad arguments
+
+
+def _listen_argument(text: str):
+    try:
+        return parse_listen_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _gateway_argument(text: str):
+    try:
+        return parse_gateway_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _identity_argument(text: str) -> GatewayIdentity:
+    try:
+        return GatewayIdentity.from_address(parse_ip(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600, not {text}")
+    return value
+
+
+def _attempts(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 100, not {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastredir",
+        description="Stateless IKEv2 redirector: answers IKE_SA_INIT with an RFC 5685 REDIRECT.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastredir {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the redirector", description="Run the redirector.")
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML configuration file (default: the embedded loopback demonstration)",
+    )
+    serve.add_argument(
+        "--listen",
+        metavar="ADDR[:PORT]",
+        action="append",
+        type=_listen_argument,
+        help="address and UDP port to serve, replacing the file's listen list; "
+        "port 500 by default, 4500 expects the non-ESP marker; IPv6 as [ADDR]:PORT; repeatable",
+    )
+    serve.add_argument(
+        "--gateway",
+        metavar="TARGET[=WEIGHT]",
+        action="append",
+        type=_gateway_argument,
+        help="gateway to send clients to (IP address or host name, weight 1 by default), "
+        "replacing the file's gateways; repeatable",
+    )
+    serve.add_argument(
+        "--pure-python",
+        action="store_true",
+        help="use the pure-Python fast path even when the Cython extension is built",
+    )
+
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file", description="Validate a configuration file."
+    )
+    check.add_argument("file", metavar="FILE")
+
+    probe = commands.add_parser(
+        "probe",
+        help="send one IKE_SA_INIT and show the answer",
+        description="Send a real IKE_SA_INIT request (with REDIRECT_SUPPORTED) and decode the answer. "
+        "Exits 0 on a valid REDIRECT, 1 otherwise.",
+    )
+    probe.add_argument("target", metavar="HOST[:PORT]", help="port 500 by default; port 4500 adds the non-ESP marker")
+    probe.add_argument("--timeout", type=_positive_float, default=2.0, help="seconds to wait per attempt (default 2)")
+    probe.add_argument("--attempts", type=_attempts, default=3, help="sends before giving up (default 3)")
+    probe.add_argument(
+        "--redirected-from",
+        metavar="ADDR",
+        type=_identity_argument,
+        help="send REDIRECTED_FROM naming ADDR instead of REDIRECT_SUPPORTED",
+    )
+    probe.add_argument(
+        "--no-redirect-supported",
+        action="store_true",
+        help="leave out REDIRECT_SUPPORTED, as a client without redirect support does",
+    )
+    probe.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config: Config = load_config(args.config) if args.config else load_default()
+        config = with_overrides(config, args.listen, args.gateway)
+    except ConfigError as exc:
+        configure_logging()
+        print(f"fastredir: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    configure_logging(config.logging.level, config.logging.format)
+    from fastredir.server import serve
+
+    implementation = select_implementation(pure=True if args.pure_python else None)
+    try:
+        return serve(config, implementation)
+    except ConfigError as exc:
+        print(f"fastredir: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+        config.build_table()
+    except ConfigError as exc:
+        print(f"fastredir: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(
+        f"{args.file}: valid: {len(config.listeners)} listeners, {len(config.gateways)} gateways, "
+        f"{config.workers} worker{'s' if config.workers != 1 else ''}"
+    )
+    return EXIT_OK
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from fastredir.probe import format_outcome, run_probe
+
+    try:
+        host, port = parse_host_port(args.target, IKE_PORT)
+    except ValueError as exc:
+        print(f"fastredir probe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        outcome = run_probe(
+            host,
+            port,
+            timeout=args.timeout,
+            attempts=args.attempts,
+            redirect_supported=not args.no_redirect_supported,
+            redirected_from=args.redirected_from,
+        )
+    except OSError as exc:
+        print(f"fastredir probe: cannot send to {args.target}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    answer = outcome.answer
+    if args.json:
+        print(json.dumps(_outcome_json(outcome)))
+    else:
+        print("\n".join(format_outcome(outcome)))
+    return EXIT_OK if answer is not None and answer.is_valid_redirect else EXIT_FAILURE
+
+
+def _outcome_json(outcome) -> dict:
+    answer = outcome.answer
+    result = {
+        "target": list(outcome.remote[:2]),
+        "initiator_spi": outcome.request.initiator_spi.hex(),
+        "attempts": outcome.attempts,
+        "answered": answer is not None,
+        "errors": outcome.errors,
+    }
+    if answer is not None:
+        result.update(
+            exchange_type=answer.exchange_type,
+            responder_spi=answer.responder_spi.hex(),
+            message_id=answer.message_id,
+            notify_types=answer.notify_types,
+            redirect=None,
+            problems=answer.problems,
+        )
+        if answer.redirect is not None:
+            result["redirect"] = {
+                "gateway": str(answer.redirect.gateway),
+                "type": answer.redirect.gateway.type.name,
+                "nonce_echoed": answer.redirect.nonce == outcome.request.nonce,
+            }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "check-config":
+        return _check_config(args)
+    return _probe(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
