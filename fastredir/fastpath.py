@@ -8,10 +8,13 @@ with the same contract.
 
 from __future__ import annotations
 
+import logging
 import os
 from types import ModuleType
 
 from fastredir import fallback, pyloop
+
+log = logging.getLogger("fastredir")
 
 
 class _PurePython:
@@ -24,7 +27,12 @@ class _PurePython:
 def _load_cython() -> ModuleType | None:
     try:
         from fastredir import _fastpath
-    except ImportError:
+    except ImportError as exc:
+        log.warning(
+            "the Cython fast path is not available (%s); using the pure-Python one. "
+            "Build it with 'pip install .' or 'python setup.py build_ext --inplace'",
+            exc,
+        )
         return None
     return _fastpath
 
