@@ -215,8 +215,8 @@ def serve(config: Config, implementation) -> int:
     return Supervisor(config, socket_sets, implementation).run()
 
 
-def _serve_in_process(config: Config, sockets: list[socket.socket], implementation) -> int:
-    worker = Worker(config, sockets, implementation)
+def _serve_in_process(config: Config, sockets: list[socket.socket], implementation, worker_id: int = 0) -> int:
+    worker = Worker(config, sockets, implementation, worker_id)
 
     def stop(signum, _frame) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
@@ -255,7 +255,7 @@ class Supervisor:
                         for sock in sockets:
                             sock.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                status = _serve_in_process(self.config, self.socket_sets[worker_id], self.implementation)
+                status = _serve_in_process(self.config, self.socket_sets[worker_id], self.implementation, worker_id)
             except BaseException:
                 log.exception("worker %d failed", worker_id)
             finally:
