@@ -593,11 +593,15 @@ cdef inline int64_t now_ms() noexcept nogil:
 cdef class Loop:
     """Receive, decide and answer on a set of UDP sockets, in batches.
 
-    `sockets` is a list of (socket, nat_t) pairs: non-blocking UDP sockets
-    with IP_PKTINFO (IPv4) or IPV6_RECVPKTINFO (IPv6) enabled.  The loop
-    keeps a reference to each, so they stay open while it exists.  Datagrams for
-    the slow path are queued as (listener index, data, source address,
-    source port, destination address) tuples; take them with take_slow().
+    `sockets` is a list of (socket, nat_t) pairs of non-blocking UDP
+    sockets.  On a socket with IP_PKTINFO (IPv4) or IPV6_RECVPKTINFO
+    (IPv6) enabled, each reply leaves from the address its request was
+    sent to; without, from the address the socket is bound to.  The loop
+    keeps a reference to each socket, so they stay open while it exists.
+
+    Datagrams for the slow path are queued as (listener index, data,
+    source address, source port, destination address or None) tuples;
+    take them with take_slow().
     """
 
     cdef int socket_count

@@ -33,18 +33,25 @@ RESTART_DELAY = 1.0  # seconds before a dead worker is started again
 
 
 def open_socket(listener: Listener, reuse_port: bool) -> socket.socket:
-    """Bind a non-blocking UDP socket for `listener`, with pktinfo on so
-    replies leave from the address each request was sent to."""
+    """Bind a non-blocking UDP socket for `listener`.
+
+    A socket bound to one address replies from it.  A wildcard socket
+    (0.0.0.0 or ::) gets pktinfo, so the loops can send each reply from
+    the address its request was sent to; bound sockets skip that cost.
+    """
+    wildcard = listener.address.is_unspecified
     if listener.address.version == 4:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     else:
         sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     try:
         if listener.address.version == 4:
-            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            if wildcard:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         else:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            if wildcard:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
         if listener.anycast:
             # An anycast address may be added to the host after start-up.
             if listener.address.version == 4:
@@ -131,6 +138,8 @@ class SlowPath:
         self._counters = counters
 
     def handle(self, batch: list) -> None:
+        # Each entry: (listener index, datagram, source address, source
+        # port, destination address or None on a socket bound to one).
         for _listener, data, _source, _port, _destination in batch:
             offset = 4 if data[:4] == b"\0\0\0\0" else 0
             name = name_of(ExchangeType, data[offset + 18])

@@ -282,3 +282,22 @@ def test_counters_reported_on_exit():
         assert process.stop() == 0, process.output
     assert "final counters: received=2 redirected=1 truncated=1" in process.output
     assert f"to[{GATEWAY_V4}]=1" in process.output
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])
+def test_wildcard_replies_from_destination(pure):
+    """On 0.0.0.0 the answer leaves from the address the request was sent
+    to: loopback holds all of 127.0.0.0/8, so 127.0.0.2 and 127.0.0.3
+    reach the same socket."""
+    port = free_port(socket.AF_INET, "0.0.0.0")
+    request = read_capture("strongswan-v4-x25519.request.pcap")[0].payload
+    args = ["--listen", f"0.0.0.0:{port}", "--gateway", GATEWAY_V4] + (["--pure-python"] if pure else [])
+    with ServeProcess(*args) as process:
+        process.start(listeners=1)
+        for destination in ("127.0.0.2", "127.0.0.3"):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(1.0)
+                sock.sendto(request, (destination, port))
+                reply, source = sock.recvfrom(65535)
+            assert source == (destination, port)
+            assert reply[:8] == request[:8]
