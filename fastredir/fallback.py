@@ -272,3 +272,15 @@ def process(
     if nat_t:
         reply = NON_ESP_MARKER + reply
     return Verdict.REDIRECTED, reply, gateway
+
+
+def process_many(
+    table: CompiledTable, datagrams: list[bytes], nat_t: bool, client_address: bytes, client_port: int
+) -> int:
+    """Decide about each datagram and return how many were redirected;
+    the twin of the Cython process_many() used by microbenchmarks."""
+    redirected = 0
+    for datagram in datagrams:
+        if process(table, datagram, nat_t, client_address, client_port)[0] == Verdict.REDIRECTED:
+            redirected += 1
+    return redirected

@@ -21,6 +21,7 @@ class _PurePython:
     IMPLEMENTATION = "python"
     compile_table = staticmethod(fallback.compile_table)
     process = staticmethod(fallback.process)
+    process_many = staticmethod(fallback.process_many)
     Loop = pyloop.Loop
 
 
