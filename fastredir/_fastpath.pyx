@@ -555,16 +555,20 @@ cdef int process_c(const CTable *t, const uint8_t *datagram, size_t n, bint nat_
     return V_REDIRECTED
 
 
-def process(CompiledTable table, bytes datagram, bint nat_t, bytes client_address, int client_port):
+cdef check_client(bytes client_address, int client_port):
+    if client_address is None or len(client_address) not in (4, 16):
+        raise ValueError("client_address must be a packed IPv4 or IPv6 address")
+    if not 0 <= client_port <= 0xFFFF:
+        raise ValueError(f"client_port must be 0 to 65535, not {client_port}")
+
+
+def process(CompiledTable table, bytes datagram not None, bint nat_t, bytes client_address, int client_port):
     """Python entry to the C decision, same contract as fallback.process()."""
     cdef uint8_t out[REPLY_MAX]
     cdef size_t out_length = 0
     cdef uint16_t gateway = NO_GATEWAY
     cdef int verdict
-    if len(client_address) not in (4, 16):
-        raise ValueError("client_address must be a packed IPv4 or IPv6 address")
-    if not 0 <= client_port <= 0xFFFF:
-        raise ValueError("client_port must be 0 to 65535")
+    check_client(client_address, client_port)
     verdict = process_c(&table.c, <const uint8_t *> PyBytes_AS_STRING(datagram),
                         PyBytes_GET_SIZE(datagram), nat_t,
                         <const uint8_t *> PyBytes_AS_STRING(client_address),
@@ -589,10 +593,11 @@ def process_many(CompiledTable table, list datagrams, bint nat_t, bytes client_a
     cdef object datagram
     cdef const uint8_t *address = <const uint8_t *> PyBytes_AS_STRING(client_address)
     cdef size_t address_length = PyBytes_GET_SIZE(client_address)
-    if address_length not in (4, 16):
-        raise ValueError("client_address must be a packed IPv4 or IPv6 address")
+    check_client(client_address, client_port)
     for i in range(count):
         datagram = datagrams[i]
+        if type(datagram) is not bytes:
+            raise TypeError(f"datagrams must be bytes, not {type(datagram).__name__}")
         if process_c(&table.c, <const uint8_t *> PyBytes_AS_STRING(datagram),
                      PyBytes_GET_SIZE(datagram), nat_t, address, address_length,
                      client_port, out, &out_length, &gateway) == V_REDIRECTED:
@@ -770,7 +775,7 @@ cdef class Loop:
         cdef int64_t remaining
         cdef uint64_t received = 0
         cdef int i, ready
-        cdef bint stop = False
+        cdef bint stop = self.slow_pending
         with nogil:
             while not stop:
                 remaining = deadline - now_ms()

@@ -241,6 +241,10 @@ def process(
     non-ESP marker when `nat_t` is set, is present only for
     Verdict.REDIRECTED; the gateway index is NO_GATEWAY otherwise.
     """
+    if len(client_address) not in (4, 16):
+        raise ValueError("client_address must be a packed IPv4 or IPv6 address")
+    if not 0 <= client_port <= 0xFFFF:
+        raise ValueError(f"client_port must be 0 to 65535, not {client_port}")
     message = datagram
     if nat_t:
         if datagram == b"\xff":
