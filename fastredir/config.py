@@ -143,11 +143,13 @@ def parse_host_port(text: str, default_port: int = IKE_PORT) -> tuple[str, int]:
     """Split ``HOST``, ``HOST:PORT``, ``[IPV6]`` or ``[IPV6]:PORT``."""
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
+        if not bracket or (rest and not rest.startswith(":")) or rest == ":":
             raise ValueError(f"expected [IPV6] or [IPV6]:PORT, not {text!r}")
         port_text = rest[1:] if rest else ""
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
+        if not port_text:
+            raise ValueError(f"missing port after ':' in {text!r}")
     else:
         host, port_text = text, ""  # a bare IPv6 address or a host
     if not host:
@@ -198,7 +200,7 @@ class _Walker:
 
     def error(self, node: yaml.Node | None, path: str, problem: str) -> None:
         line = f":{node.start_mark.line + 1}" if node is not None else ""
-        self.errors.append(f"{self.source}{line}: {path}: {problem}")
+        self.errors.append(f"{self.source}{line}: {path or 'top level'}: {problem}")
 
     def mapping(self, node: yaml.Node, path: str, allowed: tuple[str, ...]) -> dict[str, yaml.Node] | None:
         if not isinstance(node, yaml.MappingNode):
@@ -432,39 +434,55 @@ def parse_config(text: str, source: str) -> Config:
         raise ConfigError("\n".join(walker.errors))
 
     config = Config(listeners=tuple(listeners), gateways=tuple(gateways), source=source, **settings)
-    problems = check_consistency(config)
-    if problems:
-        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    nodes = {"selection.table_size": keys.get("selection")}
+    for name in ("listen", "gateways"):
+        for index, item in enumerate(keys[name].value):
+            nodes[f"{name}[{index}]"] = item
+    if isinstance(keys.get("selection"), yaml.MappingNode):
+        for key_node, value_node in keys["selection"].value:
+            if key_node.value == "table_size":
+                nodes["selection.table_size"] = value_node
+    for path, problem in check_consistency(config):
+        walker.error(nodes.get(path) or root, path, problem)
+    if walker.errors:
+        raise ConfigError("\n".join(walker.errors))
     return config
 
 
-def check_consistency(config: Config) -> list[str]:
-    """Return the problems that involve several settings at once."""
+def check_consistency(config: Config) -> list[tuple[str, str]]:
+    """Return (key path, problem) for each problem that involves several
+    settings at once."""
     problems = []
     seen_listeners = set()
     for index, listener in enumerate(config.listeners):
         if (listener.address, listener.port) in seen_listeners:
-            problems.append(f"listen[{index}]: {listener} is listed twice")
+            problems.append((f"listen[{index}]", f"{listener} is listed twice"))
         seen_listeners.add((listener.address, listener.port))
     own_addresses = {listener.address for listener in config.listeners}
     seen_targets: set[str] = set()
     for index, gateway in enumerate(config.gateways):
         name = str(gateway.target).lower()
         if name in seen_targets:
-            problems.append(f"gateways[{index}]: {gateway.target} is listed twice")
+            problems.append((f"gateways[{index}]", f"{gateway.target} is listed twice"))
         seen_targets.add(name)
         if gateway.target.value in own_addresses:
             problems.append(
-                f"gateways[{index}]: {gateway.target} is also a listen address; "
-                "clients would be redirected back to this redirector"
+                (
+                    f"gateways[{index}]",
+                    f"{gateway.target} is also a listen address; "
+                    "clients would be redirected back to this redirector",
+                )
             )
     if len(config.gateways) > MAX_GATEWAYS:
-        problems.append(f"gateways: at most {MAX_GATEWAYS} gateways, not {len(config.gateways)}")
+        problems.append(("gateways", f"at most {MAX_GATEWAYS} gateways, not {len(config.gateways)}"))
     needed = SLOTS_PER_GATEWAY * len(config.gateways)
     if config.selection.table_size < needed:
         problems.append(
-            f"selection.table_size: {config.selection.table_size} is too small for "
-            f"{len(config.gateways)} gateways; use a prime of at least {needed}"
+            (
+                "selection.table_size",
+                f"{config.selection.table_size} is too small for {len(config.gateways)} "
+                f"gateways; use a prime of at least {needed}",
+            )
         )
     return problems
 
@@ -500,5 +518,7 @@ def with_overrides(
         config = replace(config, gateways=tuple(gateways))
     problems = check_consistency(config)
     if problems:
-        raise ConfigError("\n".join(f"{config.source} with command-line options: {p}" for p in problems))
+        raise ConfigError(
+            "\n".join(f"{config.source} with command-line options: {path}: {p}" for path, p in problems)
+        )
     return config

@@ -97,14 +97,23 @@ class Header:
         writer.push_uint32(self.length)
 
 
+ENCRYPTED_PAYLOADS = frozenset({PayloadType.SK, PayloadType.SKF})
+
+
 @dataclass(frozen=True)
 class Payload:
     """One payload of the chain: its type, critical bit and body (the bytes
-    after the 4-byte generic payload header, RFC 7296 section 3.2)."""
+    after the 4-byte generic payload header, RFC 7296 section 3.2).
+
+    `inner_next` is the Next Payload field of an SK or SKF payload, which
+    names the first payload inside the encryption (RFC 7296 section 3.14,
+    RFC 7383 section 2.5); it is 0 for every other payload.
+    """
 
     type: int
     body: bytes
     critical: bool = False
+    inner_next: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,14 +149,27 @@ class Notify:
         return Payload(PayloadType.NOTIFY, self.encode())
 
 
-def _check_fqdn_bytes(raw: bytes) -> str:
-    # RFC 5685 section 9: no terminators; printable ASCII also keeps
-    # control characters out of logs and terminals.
+def fqdn_problem(raw: bytes) -> str | None:
+    """Return what makes `raw` invalid as an FQDN gateway identity, or None.
+
+    RFC 5685 section 9: no terminators, and the length fits one octet.
+    Requiring printable ASCII also keeps control characters out of logs
+    and terminals.
+    """
     if not 1 <= len(raw) <= FQDN_MAX_LENGTH:
-        raise InvalidLength(f"an FQDN gateway identity has 1 to 255 bytes, not {len(raw)}")
+        return f"an FQDN gateway identity has 1 to 255 bytes, not {len(raw)}"
     if any(b < 0x21 or b > 0x7E for b in raw):
-        raise InvalidValue(f"FQDN gateway identity contains a byte outside printable ASCII: {raw!r}")
-    return raw.decode("ascii")
+        return f"FQDN gateway identity contains a byte outside printable ASCII: {raw!r}"
+    return None
+
+
+def _decode_fqdn(raw: bytes) -> str:
+    problem = fqdn_problem(raw)
+    if problem is None:
+        return raw.decode("ascii")
+    if len(raw) == 0:
+        raise InvalidLength(problem)
+    raise InvalidValue(problem)
 
 
 @dataclass(frozen=True)
@@ -160,11 +182,19 @@ class GatewayIdentity:
 
     @classmethod
     def from_text(cls, text: str) -> GatewayIdentity:
-        """Make an identity from an address literal or a host name."""
+        """Make an identity from an address literal or a host name.
+
+        Raises UsageError for a name that is not printable ASCII of 1 to
+        255 bytes (an internationalized name must be given as A-labels).
+        """
         try:
             address = ipaddress.ip_address(text)
         except ValueError:
-            return cls(GatewayIdentityType.FQDN, _check_fqdn_bytes(text.encode("ascii", "replace")))
+            raw = text.encode("utf-8")
+            problem = fqdn_problem(raw)
+            if problem is not None:
+                raise UsageError(problem) from None
+            return cls(GatewayIdentityType.FQDN, text)
         return cls.from_address(address)
 
     @classmethod
@@ -177,14 +207,18 @@ class GatewayIdentity:
     def raw(self) -> bytes:
         """The identity field itself, without type and length octets."""
         if self.type == GatewayIdentityType.FQDN:
-            return str(self.value).encode("ascii")
+            return str(self.value).encode("utf-8")
         return self.value.packed  # type: ignore[union-attr]
 
     def encode(self) -> bytes:
         """Return GW Ident Type, GW Ident Len and the identity."""
-        raw = self.raw
-        if len(raw) > FQDN_MAX_LENGTH:
-            raise UsageError(f"a gateway identity is at most 255 bytes, not {len(raw)}")
+        if self.type == GatewayIdentityType.FQDN:
+            raw = str(self.value).encode("utf-8")
+            problem = fqdn_problem(raw)
+            if problem is not None:
+                raise UsageError(problem)
+        else:
+            raw = self.raw
         return bytes((self.type, len(raw))) + raw
 
     @classmethod
@@ -201,7 +235,7 @@ class GatewayIdentity:
                 raise InvalidLength(f"an IPv6 gateway identity has 16 bytes, not {ident_length}")
             return cls(GatewayIdentityType.IPV6, ipaddress.IPv6Address(raw))
         if ident_type == GatewayIdentityType.FQDN:
-            return cls(GatewayIdentityType.FQDN, _check_fqdn_bytes(raw))
+            return cls(GatewayIdentityType.FQDN, _decode_fqdn(raw))
         raise InvalidValue(f"unknown gateway identity type {ident_type}")
 
     def __str__(self) -> str:
@@ -288,7 +322,10 @@ class Message:
         )
         header.push(writer)
         for index, payload in enumerate(self.payloads):
-            following = self.payloads[index + 1].type if index + 1 < len(self.payloads) else 0
+            if index + 1 < len(self.payloads):
+                following = self.payloads[index + 1].type
+            else:
+                following = payload.inner_next
             length = GENERIC_PAYLOAD_HEADER_LENGTH + len(payload.body)
             if length > 0xFFFF:
                 raise UsageError(f"payload of {length} bytes does not fit the 16-bit length field")
@@ -329,11 +366,12 @@ def _pull_payload_chain(reader: Reader, next_payload: int) -> Iterator[Payload]:
                 f"unknown payload type {payload_type} has the critical bit set", offset=start
             )
         body = reader.sub_reader(length - GENERIC_PAYLOAD_HEADER_LENGTH, "payload").pull_rest()
-        yield Payload(payload_type, body, critical)
-        if payload_type == PayloadType.SK:
-            # RFC 7296 section 3.14: the SK payload is last; its Next
+        if payload_type in ENCRYPTED_PAYLOADS:
+            # An SK or SKF payload is the last one in the clear; its Next
             # Payload names the first payload inside the encryption.
+            yield Payload(payload_type, body, critical, inner_next=next_payload)
             break
+        yield Payload(payload_type, body, critical)
     reader.expect_end()
 
 

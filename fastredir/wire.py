@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from fastredir.exceptions import TrailingData, TruncatedMessage
+from fastredir.exceptions import TrailingData, TruncatedMessage, UsageError
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -29,6 +29,8 @@ class Reader:
         self._pos = start
         self._end = len(self._data) if end is None else end
         self._what = what
+        if not 0 <= start <= self._end <= len(self._data):
+            raise UsageError(f"reader bounds {start}..{self._end} lie outside the {len(self._data)} bytes")
 
     @property
     def position(self) -> int:
@@ -39,6 +41,8 @@ class Reader:
         return self._end - self._pos
 
     def _take(self, n: int, field: str) -> int:
+        if n < 0:
+            raise UsageError(f"cannot read {n} bytes")
         if n > self._end - self._pos:
             raise TruncatedMessage(
                 f"{self._what} ends before {field}: {n} bytes needed, {self.remaining} left",
