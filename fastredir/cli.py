@@ -199,6 +199,7 @@ def _outcome_json(outcome) -> dict:
         "attempts": outcome.attempts,
         "answered": answer is not None,
         "errors": outcome.errors,
+        "error_count": outcome.error_count,
     }
     if answer is not None:
         result.update(

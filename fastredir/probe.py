@@ -38,6 +38,7 @@ _TRANSFORMS = (
     (_KE, 31, b""),  # Curve25519
 )
 _CURVE25519 = 31
+MAX_ERRORS = 10  # problems kept for the report; more are only counted
 _PROTOCOL_IKE = 1
 
 
@@ -189,7 +190,13 @@ class ProbeOutcome:
     attempts: int
     answer: Answer | None = None
     elapsed: float = 0.0
-    errors: list[str] = field(default_factory=list)  # undecodable answers
+    errors: list[str] = field(default_factory=list)  # the first MAX_ERRORS problems
+    error_count: int = 0  # all problems, including those not kept
+
+    def note_error(self, text: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(text)
 
 
 def new_request(local: tuple[str, int], remote: tuple[str, int], **options) -> ProbeRequest:
@@ -243,7 +250,7 @@ def run_probe(
         for _ in range(attempts):
             outcome.attempts += 1
             sock.send(request.datagram)
-            answer = _await_answer(sock, request, time.monotonic() + timeout, outcome.errors)
+            answer = _await_answer(sock, request, time.monotonic() + timeout, outcome)
             if answer is not None:
                 outcome.answer = answer
                 break
@@ -251,7 +258,7 @@ def run_probe(
     return outcome
 
 
-def _await_answer(sock: socket.socket, request: ProbeRequest, deadline: float, errors: list[str]) -> Answer | None:
+def _await_answer(sock: socket.socket, request: ProbeRequest, deadline: float, outcome: ProbeOutcome) -> Answer | None:
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -262,12 +269,12 @@ def _await_answer(sock: socket.socket, request: ProbeRequest, deadline: float, e
         except socket.timeout:
             return None
         except ConnectionRefusedError:
-            errors.append("ICMP port unreachable: nothing listens there")
+            outcome.note_error("ICMP port unreachable: nothing listens there")
             continue
         try:
             answer = interpret_answer(request, datagram)
         except PeerError as exc:
-            errors.append(f"undecodable answer of {len(datagram)} bytes: {exc}")
+            outcome.note_error(f"undecodable answer of {len(datagram)} bytes: {exc}")
             continue
         if answer is not None:
             return answer
@@ -283,6 +290,8 @@ def format_outcome(outcome: ProbeOutcome) -> list[str]:
         f"{len(request.nonce)}-byte nonce{', non-ESP marker' if request.nat_t else ''}"
     ]
     lines += [f"ignored {error}" for error in outcome.errors]
+    if outcome.error_count > len(outcome.errors):
+        lines.append(f"ignored {outcome.error_count - len(outcome.errors)} more undecodable answers")
     answer = outcome.answer
     if answer is None:
         lines.append(f"no answer from {target} after {outcome.attempts} attempts in {outcome.elapsed:.1f} s")
