@@ -161,6 +161,8 @@ cdef enum:
     FLAG_RESPONSE = 0x20
     PAYLOAD_NONCE = 40
     PAYLOAD_NOTIFY = 41
+    PAYLOAD_SK = 46
+    PAYLOAD_SKF = 53
     NOTIFY_REDIRECT = 16407
     NOTIFY_REDIRECT_SUPPORTED = 16406
     NOTIFY_REDIRECTED_FROM = 16408
@@ -361,6 +363,9 @@ cdef bint scan_redirected_from(const uint8_t *data, size_t n, Scan *scan) noexce
                 c += 0x20
         scan.excluded_key[1 + i] = c
     scan.excluded_key_length = 1 + length
+    if data[0] == IDENTITY_FQDN and scan.excluded_key[length] == 0x2E:
+        # Names compare without the trailing dot (selection.normalize_fqdn).
+        scan.excluded_key_length -= 1
     return True
 
 
@@ -405,6 +410,9 @@ cdef int scan_payloads(const uint8_t *m, size_t n, Scan *scan) noexcept nogil:
         elif payload_type == PAYLOAD_NOTIFY:
             if not scan_notify(m + position + 4, length - 4, scan):
                 return V_MALFORMED
+        elif payload_type == PAYLOAD_SK or payload_type == PAYLOAD_SKF:
+            # RFC 7296 section 3.14: nothing of IKE_SA_INIT is encrypted.
+            return V_MALFORMED
         elif critical and not is_known_payload(payload_type):
             return V_UNSUPPORTED_CRITICAL
         position += length

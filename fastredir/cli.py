@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from fastredir import __version__
@@ -126,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out REDIRECT_SUPPORTED, as a client without redirect support does",
     )
+    probe.add_argument(
+        "--nat-t",
+        action="store_true",
+        help="prefix the request with the non-ESP marker, as on port 4500 (the default for port 4500)",
+    )
     probe.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return parser
 
@@ -177,6 +183,7 @@ def _probe(args: argparse.Namespace) -> int:
             port,
             timeout=args.timeout,
             attempts=args.attempts,
+            nat_t=True if args.nat_t else None,
             redirect_supported=not args.no_redirect_supported,
             redirected_from=args.redirected_from,
         )
@@ -221,11 +228,17 @@ def _outcome_json(outcome) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "check-config":
-        return _check_config(args)
-    return _probe(args)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "check-config":
+            return _check_config(args)
+        return _probe(args)
+    except BrokenPipeError:
+        # The reader of our output went away (`fastredir probe ... | head`);
+        # point stdout at /dev/null so the exit-time flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
-import re
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any, Callable
@@ -20,6 +19,7 @@ from typing import Any, Callable
 import yaml
 
 from fastredir.exceptions import ConfigError
+from fastredir.hostname import is_host_name
 from fastredir.ikev2 import FQDN_MAX_LENGTH, IKE_PORT, NAT_T_PORT
 from fastredir.message import Address, GatewayIdentity
 from fastredir.selection import (
@@ -30,20 +30,23 @@ from fastredir.selection import (
     GatewayTable,
     KeyMode,
     build_table,
+    exclusion_key,
     is_prime,
 )
 
 DEFAULT_SOURCE = "<embedded default>"
+LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 KEY_MODES = {"address": KeyMode.ADDRESS, "address+spi": KeyMode.ADDRESS_SPI}
 MAX_WORKERS = 256
-MAX_TABLE_SIZE = 1 << 24
+MAX_TABLE_SIZE = 1 << 20  # a larger table takes seconds to build in Python
 # The Maglev paper's rule of thumb: at least 100 slots per gateway keeps
 # the share of each gateway within about 1% of its weight.
 SLOTS_PER_GATEWAY = 100
-
-_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+# Whatever the weights, each gateway gets at least this many slots, so it
+# can serve as the alternate of the slots beside it.
+MIN_SLOTS = 10
 
 
 @dataclass(frozen=True)
@@ -116,16 +119,6 @@ def parse_ip(text: str) -> Address:
         raise ValueError(f"not an IPv4 or IPv6 address: {text!r}") from None
 
 
-def is_host_name(text: str) -> bool:
-    """Tell whether `text` is a DNS host name (letters, digits, hyphens and
-    underscores in labels of 1 to 63 characters, the last not all digits)."""
-    name = text[:-1] if text.endswith(".") else text
-    if not name or len(name) > 253:
-        return False
-    labels = name.split(".")
-    return all(_LABEL.match(label) for label in labels) and not labels[-1].isdigit()
-
-
 def parse_gateway_target(text: str) -> GatewayIdentity:
     """Parse a gateway given as an IP address or a host name."""
     try:
@@ -134,8 +127,14 @@ def parse_gateway_target(text: str) -> GatewayIdentity:
         if not is_host_name(text) or len(text) > FQDN_MAX_LENGTH:
             raise ValueError(f"not an IP address or host name: {text!r}") from None
         return GatewayIdentity.from_text(text)
-    if address.is_unspecified or address.is_multicast:
-        raise ValueError(f"a gateway must be a unicast address, not {address}")
+    if address.version == 6 and address.scope_id:
+        raise ValueError(f"a gateway address cannot carry a scope ID (%{address.scope_id}): {text!r}")
+    mapped = address.ipv4_mapped if address.version == 6 else None
+    for candidate in (address, mapped):
+        if candidate is not None and (
+            candidate.is_unspecified or candidate.is_multicast or candidate == LIMITED_BROADCAST
+        ):
+            raise ValueError(f"a gateway must be a unicast address, not {address}")
     return GatewayIdentity.from_address(address)
 
 
@@ -212,6 +211,9 @@ class _Walker:
             if key is None:
                 self.error(key_node, path, "keys must be plain names")
                 continue
+            if not key.isprintable():
+                self.error(key_node, path, f"unknown key {_show(key)}")
+                continue
             where = f"{path}.{key}" if path else key
             if key in result:
                 self.error(key_node, where, "duplicate key")
@@ -235,8 +237,10 @@ class _Walker:
             return _INVALID
         try:
             return self.loader.construct_object(node)
-        except yaml.YAMLError as exc:
-            self.error(node, path, f"invalid value: {exc}")
+        except (yaml.YAMLError, ValueError, KeyError, AttributeError, TypeError, OverflowError):
+            # PyYAML raises more than YAMLError for values that do not
+            # match an explicit tag, such as "!!int abc".
+            self.error(node, path, f"invalid value {_show(node.value)} for tag {node.tag}")
             return _INVALID
 
     def integer(self, node: yaml.Node, path: str, low: int, high: int) -> Any:
@@ -244,33 +248,54 @@ class _Walker:
         if value is _INVALID:
             return _INVALID
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            self.error(node, path, f"must be an integer from {low} to {high}, not {value!r}")
+            self.error(node, path, f"must be an integer from {low} to {high}, not {_show(value)}")
             return _INVALID
         return value
 
     def boolean(self, node: yaml.Node, path: str) -> Any:
         value = self.scalar(node, path)
         if value is not _INVALID and not isinstance(value, bool):
-            self.error(node, path, f"must be true or false, not {value!r}")
+            self.error(node, path, f"must be true or false, not {_show(value)}")
             return _INVALID
         return value
 
     def choice(self, node: yaml.Node, path: str, choices: tuple[str, ...]) -> Any:
         value = self.scalar(node, path)
         if value is not _INVALID and value not in choices:
-            self.error(node, path, f"must be one of {', '.join(choices)}, not {value!r}")
+            self.error(node, path, f"must be one of {', '.join(choices)}, not {_show(value)}")
             return _INVALID
         return value
 
     def text(self, node: yaml.Node, path: str, parse: Callable[[str], Any]) -> Any:
+        """Parse a value that must be written as text, such as an address."""
         value = self.scalar(node, path)
         if value is _INVALID:
             return _INVALID
+        if not isinstance(value, str):
+            if isinstance(value, int) and not isinstance(value, bool) and ":" in node.value:
+                # YAML 1.1 reads an IPv6 address of digits and colons,
+                # such as 1:0:0:0:0:0:0:1, as a base-60 integer.
+                value = node.value
+            else:
+                kind = "empty" if value is None else type(value).__name__
+                self.error(
+                    node, path, f"must be text, not {_show(node.value)} ({kind}); quote it if it is a name"
+                )
+                return _INVALID
         try:
-            return parse(str(value))
+            return parse(value)
         except ValueError as exc:
             self.error(node, path, str(exc))
             return _INVALID
+
+
+def _show(value: Any) -> str:
+    """Return a short, printable repr of `value` for an error message."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's digit limit for str()
+        return "<a number with too many digits>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 _INVALID = object()
@@ -386,14 +411,15 @@ def parse_config(text: str, source: str) -> Config:
 
     Raises ConfigError listing every problem found.
     """
-    loader = yaml.SafeLoader(text)
-    loader.name = source  # so YAML syntax errors name the file
     try:
+        loader = yaml.SafeLoader(text)
+        loader.name = source  # so YAML syntax errors name the file
         root = loader.get_single_node()
+        loader.dispose()
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {exc}") from None
-    finally:
-        loader.dispose()
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
     walker = _Walker(source, loader)
     if root is None:
         raise ConfigError(f"{source}: the file is empty; it needs at least 'listen' and 'gateways'")
@@ -459,9 +485,9 @@ def check_consistency(config: Config) -> list[tuple[str, str]]:
             problems.append((f"listen[{index}]", f"{listener} is listed twice"))
         seen_listeners.add((listener.address, listener.port))
     own_addresses = {listener.address for listener in config.listeners}
-    seen_targets: set[str] = set()
+    seen_targets: set[bytes] = set()
     for index, gateway in enumerate(config.gateways):
-        name = str(gateway.target).lower()
+        name = exclusion_key(gateway.target)
         if name in seen_targets:
             problems.append((f"gateways[{index}]", f"{gateway.target} is listed twice"))
         seen_targets.add(name)
@@ -475,15 +501,27 @@ def check_consistency(config: Config) -> list[tuple[str, str]]:
             )
     if len(config.gateways) > MAX_GATEWAYS:
         problems.append(("gateways", f"at most {MAX_GATEWAYS} gateways, not {len(config.gateways)}"))
+    size = config.selection.table_size
     needed = SLOTS_PER_GATEWAY * len(config.gateways)
-    if config.selection.table_size < needed:
+    if size < needed:
         problems.append(
             (
                 "selection.table_size",
-                f"{config.selection.table_size} is too small for {len(config.gateways)} "
-                f"gateways; use a prime of at least {needed}",
+                f"{size} is too small for {len(config.gateways)} gateways; use a prime of at least {needed}",
             )
         )
+    elif config.gateways:
+        total = sum(g.weight for g in config.gateways)
+        lightest = min(config.gateways, key=lambda g: g.weight)
+        if size * lightest.weight < MIN_SLOTS * total:
+            problems.append(
+                (
+                    "selection.table_size",
+                    f"{size} slots leave gateway {lightest.target} (weight {lightest.weight} of "
+                    f"{total}) fewer than {MIN_SLOTS}; raise table_size to a prime of at least "
+                    f"{-(-MIN_SLOTS * total // lightest.weight)} or make the weights more even",
+                )
+            )
     return problems
 
 

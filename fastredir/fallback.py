@@ -29,7 +29,7 @@ from fastredir.ikev2 import (
     NotifyType,
     PayloadType,
 )
-from fastredir.selection import NO_GATEWAY, GatewayTable, KeyMode, client_hash
+from fastredir.selection import NO_GATEWAY, GatewayTable, KeyMode, client_hash, normalize_fqdn
 from fastredir.verdict import Verdict
 
 IMPLEMENTATION = "python"
@@ -94,7 +94,7 @@ def _pull_redirected_from(data: bytes) -> bytes | None:
     if ident_type == GatewayIdentityType.FQDN:
         if length == 0 or any(b < 0x21 or b > 0x7E for b in raw):
             return None
-        return bytes((ident_type,)) + raw.lower()
+        return bytes((ident_type,)) + normalize_fqdn(raw)
     return None
 
 
@@ -175,6 +175,9 @@ def _scan_payloads(message: bytes) -> tuple[Verdict | None, _Scan]:
         elif payload_type == PayloadType.NOTIFY:
             if not _scan_notify(body, scan):
                 return Verdict.MALFORMED, scan
+        elif payload_type in (PayloadType.SK, PayloadType.SKF):
+            # RFC 7296 section 3.14: nothing of IKE_SA_INIT is encrypted.
+            return Verdict.MALFORMED, scan
         elif payload_type not in KNOWN_PAYLOAD_TYPES and critical:
             return Verdict.UNSUPPORTED_CRITICAL, scan
     if position != end:

@@ -7,6 +7,7 @@ does the sending, with retransmissions, over a UDP socket.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import socket
 import time
@@ -16,8 +17,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fastredir.exceptions import PeerError
+from fastredir.hostname import is_host_name
 from fastredir.ikev2 import (
     FLAG_INITIATOR,
+    GatewayIdentityType,
     NAT_T_PORT,
     NON_ESP_MARKER,
     ExchangeType,
@@ -25,7 +28,7 @@ from fastredir.ikev2 import (
     PayloadType,
     name_of,
 )
-from fastredir.message import GatewayIdentity, Message, Notify, Payload, Redirect, build_message
+from fastredir.message import GatewayIdentity, Header, Message, Notify, Payload, Redirect, build_message
 from fastredir.wire import Writer
 
 # One IKE proposal: AES-CBC-128, PRF-HMAC-SHA2-256, HMAC-SHA2-256-128 and
@@ -164,13 +167,24 @@ def interpret_answer(request: ProbeRequest, datagram: bytes) -> Answer | None:
     if not redirects:
         return answer
     answer.redirect = Redirect.decode(redirects[0].data)
-    _check_redirect(answer, header.exchange_type, request.nonce, len(redirects), len(message.payloads))
+    _check_redirect(answer, header, request.nonce, len(redirects), len(message.payloads))
     return answer
 
 
-def _check_redirect(answer: Answer, exchange_type: int, nonce: bytes, redirect_count: int, payload_count: int) -> None:
+def _check_redirect(
+    answer: Answer, header: Header, nonce: bytes, redirect_count: int, payload_count: int
+) -> None:
     # RFC 5685 section 3: the IKE_SA_INIT REDIRECT echoes Ni, with
-    # responder SPI zero and Message ID zero.
+    # responder SPI zero and Message ID zero; RFC 7296 section 3.1: the
+    # responder clears the Initiator flag.
+    exchange_type = header.exchange_type
+    if header.is_initiator:
+        answer.problems.append("the Initiator flag is set in a response from the responder")
+    gateway = answer.redirect.gateway if answer.redirect is not None else None
+    if gateway is not None:
+        problem = gateway_problem(gateway)
+        if problem:
+            answer.problems.append(problem)
     if exchange_type != ExchangeType.IKE_SA_INIT:
         answer.problems.append(f"REDIRECT in {name_of(ExchangeType, exchange_type)}, not IKE_SA_INIT")
     if answer.redirect is not None and answer.redirect.nonce != nonce:
@@ -181,6 +195,18 @@ def _check_redirect(answer: Answer, exchange_type: int, nonce: bytes, redirect_c
         answer.problems.append(f"message ID is {answer.message_id}, not zero")
     if redirect_count != 1 or payload_count != 1:
         answer.problems.append(f"{payload_count} payloads with {redirect_count} REDIRECT notifies, expected only one")
+
+
+def gateway_problem(gateway: GatewayIdentity) -> str | None:
+    """Return why a client cannot use `gateway` as a REDIRECT target, or None."""
+    if gateway.type == GatewayIdentityType.FQDN:
+        if not is_host_name(str(gateway.value)):
+            return f"the gateway {gateway.value!r} is not a host name"
+        return None
+    address = gateway.value
+    if address.is_unspecified or address.is_multicast or address == ipaddress.IPv4Address("255.255.255.255"):
+        return f"the gateway {address} is not a unicast address"
+    return None
 
 
 @dataclass

@@ -90,12 +90,18 @@ class Gateway:
         return [exclusion_key(i) for i in (self.identity, *self.aliases)]
 
 
+def normalize_fqdn(raw: bytes) -> bytes:
+    """Return a DNS name in the form names are compared in: lower case
+    (RFC 4343) and without the trailing dot of the root."""
+    raw = raw.lower()
+    return raw[:-1] if raw.endswith(b".") else raw
+
+
 def exclusion_key(identity: GatewayIdentity) -> bytes:
-    """Return type octet + identity bytes, FQDNs in lower case (DNS names
-    compare without case)."""
+    """Return type octet + identity bytes, FQDNs normalized."""
     raw = identity.raw
     if identity.type == GatewayIdentityType.FQDN:
-        raw = raw.lower()
+        raw = normalize_fqdn(raw)
     return bytes((identity.type,)) + raw
 
 
@@ -196,7 +202,7 @@ def build_table(
     if len(gateways) > MAX_GATEWAYS:
         raise UsageError(f"at most {MAX_GATEWAYS} gateways, not {len(gateways)}")
     names = [g.name for g in gateways]
-    if len({n.lower() for n in names}) != len(names):
+    if len({exclusion_key(g.identity) for g in gateways}) != len(names):
         raise UsageError("gateway names must be unique")
     for gateway in gateways:
         if not 1 <= gateway.weight <= 0xFFFF:

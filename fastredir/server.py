@@ -134,14 +134,15 @@ class SlowPath:
     by exchange type and dropped.
     """
 
-    def __init__(self, counters: Counters) -> None:
+    def __init__(self, counters: Counters, listeners: tuple[Listener, ...]) -> None:
         self._counters = counters
+        self._listeners = listeners
 
     def handle(self, batch: list) -> None:
         # Each entry: (listener index, datagram, source address, source
         # port, destination address or None on a socket bound to one).
-        for _listener, data, _source, _port, _destination in batch:
-            offset = 4 if data[:4] == b"\0\0\0\0" else 0
+        for listener, data, _source, _port, _destination in batch:
+            offset = 4 if self._listeners[listener].nat_t else 0
             name = name_of(ExchangeType, data[offset + 18])
             self._counters.slow_exchanges[name] = self._counters.slow_exchanges.get(name, 0) + 1
 
@@ -149,13 +150,15 @@ class SlowPath:
 class Worker:
     """Runs the fast-path loop on one set of sockets until told to stop."""
 
-    def __init__(self, config: Config, sockets: list[socket.socket], implementation, worker_id: int = 0) -> None:
+    def __init__(
+        self, config: Config, table, sockets: list[socket.socket], implementation, worker_id: int = 0
+    ) -> None:
         self.config = config
         self.worker_id = worker_id
         self.implementation = implementation
-        self.table = config.build_table()
+        self.table = table
         self.counters = Counters()
-        self.slow_path = SlowPath(self.counters)
+        self.slow_path = SlowPath(self.counters, config.listeners)
         compiled = implementation.compile_table(self.table)
         pairs = [(sock, listener.nat_t) for sock, listener in zip(sockets, config.listeners)]
         self.loop = implementation.Loop(pairs, compiled, batch=config.batch)
@@ -186,14 +189,13 @@ class Worker:
         return f"worker {self.worker_id}: " if self.config.workers > 1 else ""
 
 
-def describe_startup(config: Config, implementation) -> None:
+def describe_startup(config: Config, table, implementation) -> None:
     """Log what this instance listens on and where it sends clients."""
     for listener in config.listeners:
         flags = ["NAT-T" if listener.nat_t else "IKE"]
         if listener.anycast:
             flags.append("anycast")
         log.info("listening on %s (%s)", listener, ", ".join(flags))
-    table = config.build_table()
     shares = [0] * len(table.gateways)
     for slot in range(table.size):
         shares[table.gateway_at(slot)] += 1
@@ -217,15 +219,16 @@ def describe_startup(config: Config, implementation) -> None:
 def serve(config: Config, implementation) -> int:
     """Run the redirector until SIGTERM or SIGINT; return the exit status."""
     reuse_port = config.workers > 1
+    table = config.build_table()
     socket_sets = [bind_all(config.listeners, reuse_port) for _ in range(config.workers)]
-    describe_startup(config, implementation)
+    describe_startup(config, table, implementation)
     if config.workers == 1:
-        return _serve_in_process(config, socket_sets[0], implementation)
-    return Supervisor(config, socket_sets, implementation).run()
+        return _serve_in_process(config, table, socket_sets[0], implementation)
+    return Supervisor(config, table, socket_sets, implementation).run()
 
 
-def _serve_in_process(config: Config, sockets: list[socket.socket], implementation, worker_id: int = 0) -> int:
-    worker = Worker(config, sockets, implementation, worker_id)
+def _serve_in_process(config: Config, table, sockets: list[socket.socket], implementation, worker_id: int = 0) -> int:
+    worker = Worker(config, table, sockets, implementation, worker_id)
 
     def stop(signum, _frame) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
@@ -247,8 +250,9 @@ def _install_handlers(stop) -> None:
 class Supervisor:
     """Forks one process per worker and restarts any that dies."""
 
-    def __init__(self, config: Config, socket_sets: list[list[socket.socket]], implementation) -> None:
+    def __init__(self, config: Config, table, socket_sets: list[list[socket.socket]], implementation) -> None:
         self.config = config
+        self.table = table
         self.socket_sets = socket_sets
         self.implementation = implementation
         self.children: dict[int, int] = {}  # pid -> worker id
@@ -264,7 +268,9 @@ class Supervisor:
                         for sock in sockets:
                             sock.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                status = _serve_in_process(self.config, self.socket_sets[worker_id], self.implementation, worker_id)
+                status = _serve_in_process(
+                    self.config, self.table, self.socket_sets[worker_id], self.implementation, worker_id
+                )
             except BaseException:
                 log.exception("worker %d failed", worker_id)
             finally:

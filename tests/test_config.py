@@ -56,7 +56,7 @@ gateways:
     weight: 3
     addresses: [192.0.2.21, 2001:db8::21]
   - target: gw3.vpn.example.com
-    weight: 65535
+    weight: 1000
 workers: 4
 batch: 128
 selection:
@@ -133,7 +133,7 @@ def test_full_example_loads(tmp_path):
             3,
             (IPv4("192.0.2.21"), IPv6("2001:db8::21")),
         ),
-        GatewayConfig(GatewayIdentity(GatewayIdentityType.FQDN, "gw3.vpn.example.com"), 65535, ()),
+        GatewayConfig(GatewayIdentity(GatewayIdentityType.FQDN, "gw3.vpn.example.com"), 1000, ()),
     )
     assert config.workers == 4
     assert config.batch == 128
@@ -261,6 +261,21 @@ INCONSISTENT_FILES = [
         7,
         "selection.table_size",
         "too small for 2 gateways",
+    ),
+    (
+        "weights too uneven",
+        "listen:\n  - address: 192.0.2.1\ngateways:\n  - target: 192.0.2.11\n    weight: 65535\n"
+        "  - 192.0.2.12\nselection:\n  table_size: 65537\n",
+        8,
+        "selection.table_size",
+        "leave gateway 192.0.2.12 (weight 1 of 65536) fewer than 10",
+    ),
+    (
+        "same name with trailing dot",
+        "listen:\n  - address: 192.0.2.1\ngateways:\n  - gw.example.net\n  - GW.example.net.\n",
+        5,
+        "gateways[1]",
+        "listed twice",
     ),
 ]
 
@@ -511,3 +526,61 @@ def test_overrides_duplicate_listener():
     with pytest.raises(ConfigError) as caught:
         with_overrides(config, listeners, None)
     assert "listen[1]" in str(caught.value)
+
+
+# Values PyYAML constructs with exceptions other than YAMLError, or that
+# are not text where an address or name is expected.
+HOSTILE_VALUES = [
+    ("int tag on text", "workers: !!int abc\n", 5, "workers", "invalid value 'abc'"),
+    ("bool tag on text", "workers: !!bool maybe\n", 5, "workers", "invalid value 'maybe'"),
+    ("float tag on text", "batch: !!float abc\n", 5, "batch", "invalid value 'abc'"),
+    ("timestamp tag", "selection:\n  seed: !!timestamp 2024-99-99\n", 6, "selection.seed", "invalid value"),
+    ("huge decimal", "workers: " + "9" * 5000 + "\n", 5, "workers", "invalid value"),
+    ("huge binary", "workers: 0b" + "1" * 20000 + "\n", 5, "workers", "too many digits"),
+    ("null gateway", "gateways:\n  - ~\n", 5, "gateways[1]", "must be text"),
+    ("boolean target", "gateways:\n  - target: yes\n", 5, "gateways[1].target", "must be text"),
+    ("float target", "gateways:\n  - target: .inf\n", 5, "gateways[1].target", "must be text"),
+]
+
+
+@pytest.mark.parametrize("text, line, key_path, problem", [case[1:] for case in HOSTILE_VALUES],
+                         ids=[case[0] for case in HOSTILE_VALUES])
+def test_hostile_value(tmp_path, text, line, key_path, problem):
+    # Each case follows MINIMAL (4 lines), so its first line is line 5; a
+    # "gateways:" case adds its items to MINIMAL's list instead of
+    # repeating the key, so they are the second gateway.
+    if text.startswith("gateways:"):
+        text = text.split("\n", 1)[1]
+    path, message = load_error(tmp_path, MINIMAL + text)
+    assert_error(message, path, line, key_path, problem)
+
+
+def test_sexagesimal_ipv6_target(tmp_path):
+    # YAML 1.1 reads 1:0:0:0:0:0:0:1 as a base-60 integer; it is an IPv6 address.
+    config = load_config(write_config(tmp_path, MINIMAL + "  - 1:0:0:0:0:0:0:1\n"))
+    assert str(config.gateways[1].target) == "1::1"
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        pytest.param("listen: " + "[" * 500 + "]" * 500 + "\n", "nested too deeply", id="deep"),
+        pytest.param(MINIMAL + "# bell \x07\n", "unacceptable character", id="control-character"),
+    ],
+)
+def test_hostile_document(tmp_path, text, problem):
+    path, message = load_error(tmp_path, text)
+    assert message.startswith(f"{path}: invalid YAML")
+    assert problem in message
+
+
+def test_unprintable_key_escaped(tmp_path):
+    path, message = load_error(tmp_path, MINIMAL + '"evil\\x1b[2J": 1\n')
+    assert "\x1b" not in message
+    assert "unknown key 'evil\\x1b[2J'" in message
+
+
+@pytest.mark.parametrize("text", ["255.255.255.255", "::ffff:224.0.0.1", "fe80::1%lo", "0.0.0.0", "ff02::1"])
+def test_gateway_option_not_unicast(text):
+    with pytest.raises(ValueError):
+        parse_gateway_option(text)

@@ -1075,3 +1075,27 @@ def test_well_formed_redirected(case, nat_t, port):
             if reply_length > len(message):
                 verdict = Verdict.REPLY_TOO_LONG
     assert result_verdict == verdict
+
+
+def test_redirected_from_fqdn_trailing_dot():
+    # A DNS name and the same name with the root's trailing dot are one name.
+    table = build_table([Gateway(FQDN_GATEWAY), Gateway(SECOND_GATEWAY)], size=1019)
+    pair = compile_both(table)
+    datagram = with_redirected_from(identity_bytes(IDENTITY_FQDN, b"vpn3.example.net."))
+    for address in client_addresses(200):
+        verdict, _, gateway = run_both(pair, datagram, False, address, 500)
+        assert verdict == Verdict.REDIRECTED
+        assert gateway == 1
+
+
+@pytest.mark.parametrize("encrypted_type", [46, 53], ids=["SK", "SKF"])
+def test_encrypted_payload_malformed(implementation, encrypted_type):
+    # RFC 7296 section 3.14: the Encrypted payload is the last one and
+    # IKE_SA_INIT carries none.  Here an empty SK or SKF payload comes
+    # first and the whole valid chain of the request follows it.
+    header, chunks = split_message(BASE)
+    datagram = join_message(header, [Chunk(encrypted_type, 0, b""), *chunks])
+    table = implementation.compile_table(MIXED_TABLE)
+    verdict, reply, _ = implementation.process(table, datagram, False, bytes([192, 0, 2, 10]), 500)
+    assert verdict == Verdict.MALFORMED
+    assert reply is None
