@@ -1,0 +1,1 @@
+"""Benchmarks of fastredir beside the kernel floor and the alternatives."""
