@@ -138,7 +138,9 @@ cdef enum:
     V_OVERSIZE = 20
     V_SEND_FAILED = 21
     V_SLOW_PATH_FULL = 22
-    V_COUNT = 23
+    V_ALL_FULL = 23
+    V_REDIRECTED_OVERFLOW = 24
+    V_COUNT = 25
 
 VERDICT_CODES = {
     "REDIRECTED": V_REDIRECTED, "TRUNCATED": V_TRUNCATED, "ESP": V_ESP,
@@ -151,6 +153,7 @@ VERDICT_CODES = {
     "INVALID_NOTIFY": V_INVALID_NOTIFY, "REDIRECT_NOT_SUPPORTED": V_REDIRECT_NOT_SUPPORTED,
     "NO_GATEWAY": V_NO_GATEWAY, "REPLY_TOO_LONG": V_REPLY_TOO_LONG, "OVERSIZE": V_OVERSIZE,
     "SEND_FAILED": V_SEND_FAILED, "SLOW_PATH_FULL": V_SLOW_PATH_FULL,
+    "ALL_FULL": V_ALL_FULL, "REDIRECTED_OVERFLOW": V_REDIRECTED_OVERFLOW,
 }
 
 # Protocol numbers (RFC 7296, RFC 5685), as in fastredir.ikev2.
@@ -179,6 +182,19 @@ cdef enum:
     REPLY_MAX = 4 + 28 + 8 + 257 + 256
     MAX_SOCKETS = 64
     CONTROL_SPACE = 64
+    # fastredir.selection flag bits
+    FLAG_USABLE = 0x01
+    FLAG_ROOM = 0x02
+    FLAG_ANYCAST = 0x04
+    # fastredir.counters layout, in uint64 cells
+    MAX_LISTENER_IDS = 64
+    MAX_GATEWAY_IDS = 4096
+    VERDICT_SLOTS = 32
+    BATCH_BUCKETS = 11
+    VERDICTS_OFFSET = 0
+    REDIRECTS_OFFSET = MAX_LISTENER_IDS * VERDICT_SLOTS
+    BATCHES_OFFSET = REDIRECTS_OFFSET + MAX_LISTENER_IDS * MAX_GATEWAY_IDS
+    REGION_CELLS = BATCHES_OFFSET + BATCH_BUCKETS
 
 
 cdef struct Exclusion:
@@ -197,6 +213,11 @@ cdef struct CTable:
     uint8_t *identities  # gateway_count records of IDENTITY_RECORD bytes
     uint32_t exclusion_count
     Exclusion *exclusions  # sorted like Python bytes
+    uint16_t *counter_ids  # per gateway: its column in the redirect counters
+    uint8_t *flags  # per gateway: FLAG_USABLE, FLAG_ROOM, FLAG_ANYCAST
+    uint32_t *scores  # per gateway: load score, lower is less loaded
+    uint16_t spares[2][4]  # GatewayState.spares
+    bint overflow_least_loaded
 
 
 cdef class CompiledTable:
@@ -221,8 +242,16 @@ cdef class CompiledTable:
         self.c.identities = <uint8_t *> calloc(max(self.c.gateway_count, 1), IDENTITY_RECORD)
         self.c.exclusion_count = len(table.exclusions)
         self.c.exclusions = <Exclusion *> calloc(max(self.c.exclusion_count, 1), sizeof(Exclusion))
-        if not (self.c.slots and self.c.alternates and self.c.identities and self.c.exclusions):
+        self.c.counter_ids = <uint16_t *> calloc(max(self.c.gateway_count, 1), sizeof(uint16_t))
+        self.c.flags = <uint8_t *> calloc(max(self.c.gateway_count, 1), sizeof(uint8_t))
+        self.c.scores = <uint32_t *> calloc(max(self.c.gateway_count, 1), sizeof(uint32_t))
+        if not (self.c.slots and self.c.alternates and self.c.identities and self.c.exclusions
+                and self.c.counter_ids and self.c.flags and self.c.scores):
             raise MemoryError()
+        for i, counter_id in enumerate(table.counter_ids()):
+            if not 0 <= counter_id < MAX_GATEWAY_IDS:
+                raise ValueError(f"gateway counter id {counter_id} is outside 0 to {MAX_GATEWAY_IDS - 1}")
+            self.c.counter_ids[i] = counter_id
         for i in range(table.size):
             self.c.slots[i] = table.gateway_at(i)
             self.c.alternates[i] = table.alternate_at(i)
@@ -234,12 +263,31 @@ cdef class CompiledTable:
             memcpy(self.c.exclusions[i].key, PyBytes_AS_STRING(key), len(key))
             self.c.exclusions[i].key_length = len(key)
             self.c.exclusions[i].gateway = gateway
+        self.update_state(table.current_state())
+
+    def update_state(self, state):
+        """Swap in new gateway flags and scores (same gateways, same
+        order).  Call it between Loop.run() calls, never during one."""
+        cdef uint32_t i
+        cdef int kind, position
+        if len(state.flags) != self.c.gateway_count or len(state.scores) != self.c.gateway_count:
+            raise ValueError(f"state for {len(state.flags)} gateways, table has {self.c.gateway_count}")
+        for i in range(self.c.gateway_count):
+            self.c.flags[i] = state.flags[i]
+            self.c.scores[i] = state.scores[i]
+        for kind in range(2):
+            for position in range(4):
+                self.c.spares[kind][position] = state.spares[kind][position]
+        self.c.overflow_least_loaded = state.overflow_least_loaded
 
     def __dealloc__(self):
         free(self.c.slots)
         free(self.c.alternates)
         free(self.c.identities)
         free(self.c.exclusions)
+        free(self.c.counter_ids)
+        free(self.c.flags)
+        free(self.c.scores)
 
 
 def compile_table(table):
@@ -460,23 +508,61 @@ cdef int find_excluded(const CTable *t, const Scan *scan) noexcept nogil:
     return -1
 
 
-cdef uint16_t select_gateway(const CTable *t, const uint8_t *address, size_t address_length,
-                             const uint8_t *initiator_spi, const Scan *scan) noexcept nogil:
+cdef inline bint may_take(const CTable *t, uint16_t gateway, int excluded, bint unicast_only,
+                          bint need_room) noexcept nogil:
+    cdef uint8_t flags
+    if gateway == NO_GATEWAY or gateway == excluded:
+        return False
+    flags = t.flags[gateway]
+    if not (flags & FLAG_USABLE) or (unicast_only and (flags & FLAG_ANYCAST)):
+        return False
+    return (flags & FLAG_ROOM) != 0 or not need_room
+
+
+cdef int select_gateway(const CTable *t, const uint8_t *address, size_t address_length,
+                        const uint8_t *initiator_spi, const Scan *scan, bint unicast_only,
+                        uint16_t *gateway_out) noexcept nogil:
+    # Same rules as fallback.select_gateway: two candidates from the slot,
+    # the less loaded wins; then the spares; then the overflow action.
     cdef uint8_t key[24]
     cdef size_t key_length = address_length
     cdef uint32_t slot
-    cdef uint16_t gateway
+    cdef uint16_t first, second
+    cdef bint first_ok, second_ok
+    cdef int excluded, position
+    cdef const uint16_t *spares = t.spares[1 if unicast_only else 0]
+    gateway_out[0] = NO_GATEWAY
     if t.size == 0:
-        return NO_GATEWAY
+        return V_NO_GATEWAY
     memcpy(key, address, address_length)
     if t.key_mode == 1:
         memcpy(key + address_length, initiator_spi, 8)
         key_length += 8
     slot = client_hash(key, key_length, t.seed) % t.size
-    gateway = t.slots[slot]
-    if find_excluded(t, scan) == gateway:
-        gateway = t.alternates[slot]
-    return gateway
+    excluded = find_excluded(t, scan)
+
+    first = t.slots[slot]
+    second = t.alternates[slot]
+    first_ok = may_take(t, first, excluded, unicast_only, True)
+    second_ok = may_take(t, second, excluded, unicast_only, True)
+    if first_ok and second_ok:
+        gateway_out[0] = second if t.scores[second] < t.scores[first] else first
+        return V_REDIRECTED
+    if first_ok or second_ok:
+        gateway_out[0] = first if first_ok else second
+        return V_REDIRECTED
+
+    for position in range(2):
+        if may_take(t, spares[position], excluded, unicast_only, True):
+            gateway_out[0] = spares[position]
+            return V_REDIRECTED
+    for position in range(2, 4):
+        if may_take(t, spares[position], excluded, unicast_only, False):
+            if not t.overflow_least_loaded:
+                return V_ALL_FULL
+            gateway_out[0] = spares[position]
+            return V_REDIRECTED_OVERFLOW
+    return V_NO_GATEWAY
 
 
 cdef size_t build_redirect(uint8_t *out, const uint8_t *initiator_spi, const uint8_t *identity,
@@ -510,9 +596,11 @@ cdef size_t build_redirect(uint8_t *out, const uint8_t *initiator_spi, const uin
 
 cdef int process_c(const CTable *t, const uint8_t *datagram, size_t n, bint nat_t,
                    const uint8_t *address, size_t address_length, uint16_t port,
-                   uint8_t *out, size_t *out_length, uint16_t *gateway_out) noexcept nogil:
-    # Decide about one datagram; on V_REDIRECTED, out holds the reply
-    # (REPLY_MAX bytes available) and *out_length its length.
+                   bint unicast_only, uint8_t *out, size_t *out_length,
+                   uint16_t *gateway_out) noexcept nogil:
+    # Decide about one datagram; on V_REDIRECTED or V_REDIRECTED_OVERFLOW,
+    # out holds the reply (REPLY_MAX bytes available) and *out_length its
+    # length.
     cdef const uint8_t *m = datagram
     cdef size_t length = n
     cdef size_t marker = 0
@@ -549,9 +637,9 @@ cdef int process_c(const CTable *t, const uint8_t *datagram, size_t n, bint nat_
     if verdict >= 0:
         return verdict
 
-    gateway = select_gateway(t, address, address_length, m, &scan)
+    verdict = select_gateway(t, address, address_length, m, &scan, unicast_only, &gateway)
     if gateway == NO_GATEWAY:
-        return V_NO_GATEWAY
+        return verdict
     if HEADER_LENGTH + 8 + 2 + t.identities[gateway * IDENTITY_RECORD + 1] + scan.nonce_length > length:
         return V_REPLY_TOO_LONG
     if marker:
@@ -560,7 +648,7 @@ cdef int process_c(const CTable *t, const uint8_t *datagram, size_t n, bint nat_
                                   scan.nonce, scan.nonce_length)
     out_length[0] = marker + reply_length
     gateway_out[0] = gateway
-    return V_REDIRECTED
+    return verdict
 
 
 cdef check_client(bytes client_address, int client_port):
@@ -570,7 +658,8 @@ cdef check_client(bytes client_address, int client_port):
         raise ValueError(f"client_port must be 0 to 65535, not {client_port}")
 
 
-def process(CompiledTable table, bytes datagram not None, bint nat_t, bytes client_address, int client_port):
+def process(CompiledTable table, bytes datagram not None, bint nat_t, bytes client_address,
+            int client_port, bint unicast_only=False):
     """Python entry to the C decision, same contract as fallback.process()."""
     cdef uint8_t out[REPLY_MAX]
     cdef size_t out_length = 0
@@ -580,9 +669,9 @@ def process(CompiledTable table, bytes datagram not None, bint nat_t, bytes clie
     verdict = process_c(&table.c, <const uint8_t *> PyBytes_AS_STRING(datagram),
                         PyBytes_GET_SIZE(datagram), nat_t,
                         <const uint8_t *> PyBytes_AS_STRING(client_address),
-                        PyBytes_GET_SIZE(client_address), client_port,
+                        PyBytes_GET_SIZE(client_address), client_port, unicast_only,
                         out, &out_length, &gateway)
-    if verdict == V_REDIRECTED:
+    if verdict == V_REDIRECTED or verdict == V_REDIRECTED_OVERFLOW:
         return Verdict(verdict), PyBytes_FromStringAndSize(<char *> out, out_length), gateway
     return Verdict(verdict), None, NO_GATEWAY
 
@@ -598,6 +687,7 @@ def process_many(CompiledTable table, list datagrams, bint nat_t, bytes client_a
     cdef uint16_t gateway = NO_GATEWAY
     cdef Py_ssize_t i, count = len(datagrams)
     cdef long redirected = 0
+    cdef int verdict
     cdef object datagram
     cdef const uint8_t *address = <const uint8_t *> PyBytes_AS_STRING(client_address)
     cdef size_t address_length = PyBytes_GET_SIZE(client_address)
@@ -606,9 +696,10 @@ def process_many(CompiledTable table, list datagrams, bint nat_t, bytes client_a
         datagram = datagrams[i]
         if type(datagram) is not bytes:
             raise TypeError(f"datagrams must be bytes, not {type(datagram).__name__}")
-        if process_c(&table.c, <const uint8_t *> PyBytes_AS_STRING(datagram),
-                     PyBytes_GET_SIZE(datagram), nat_t, address, address_length,
-                     client_port, out, &out_length, &gateway) == V_REDIRECTED:
+        verdict = process_c(&table.c, <const uint8_t *> PyBytes_AS_STRING(datagram),
+                            PyBytes_GET_SIZE(datagram), nat_t, address, address_length,
+                            client_port, False, out, &out_length, &gateway)
+        if verdict == V_REDIRECTED or verdict == V_REDIRECTED_OVERFLOW:
             redirected += 1
     return redirected
 
@@ -637,6 +728,13 @@ cdef class Loop:
     sent to; without, from the address the socket is bound to.  The loop
     keeps a reference to each socket, so they stay open while it exists.
 
+    `anycast[i]` marks socket i as an anycast listener (no anycast gateway
+    is chosen for its clients); `listener_ids[i]` is its row in the
+    counters (default: i).  `counters` is a writable buffer laid out as
+    fastredir.counters describes, for example shared memory read by
+    another process; without it the loop keeps its own.  When `wake_fd`
+    becomes readable, run() returns, so its owner can apply updates.
+
     Datagrams for the slow path are queued as (listener index, data,
     source address, source port, destination address or None) tuples;
     take them with take_slow().
@@ -646,7 +744,11 @@ cdef class Loop:
     cdef list sockets
     cdef int fds[MAX_SOCKETS]
     cdef bint nat_t[MAX_SOCKETS]
-    cdef pollfd polls[MAX_SOCKETS]
+    cdef bint anycast[MAX_SOCKETS]
+    cdef uint64_t *listener_verdicts[MAX_SOCKETS]
+    cdef uint64_t *listener_redirects[MAX_SOCKETS]
+    cdef pollfd polls[MAX_SOCKETS + 1]
+    cdef int poll_count
     cdef unsigned int batch
     cdef size_t slot_size
     cdef mmsghdr *receive
@@ -659,16 +761,14 @@ cdef class Loop:
     cdef uint8_t *send_data
     cdef uint8_t *send_control
     cdef uint16_t *send_gateway
+    cdef uint8_t *send_verdict
     cdef int *slow_index
-    cdef uint64_t verdict_totals[V_COUNT]
-    cdef uint64_t *gateway_totals
-    cdef uint32_t gateway_total_size
+    cdef object counter_buffer
+    cdef uint64_t *cells
     cdef CompiledTable table
     cdef list slow
     cdef public int slow_limit
     cdef bint slow_pending
-    cdef uint64_t batches
-    cdef uint64_t batched_datagrams
 
     def __cinit__(self):
         self.receive = NULL
@@ -681,25 +781,46 @@ cdef class Loop:
         self.send_data = NULL
         self.send_control = NULL
         self.send_gateway = NULL
+        self.send_verdict = NULL
         self.slow_index = NULL
-        self.gateway_totals = NULL
-        memset(self.verdict_totals, 0, sizeof(self.verdict_totals))
 
     def __init__(self, sockets, CompiledTable table, unsigned int batch=64,
-                 size_t slot_size=65536, int slow_limit=4096):
-        cdef int i
+                 size_t slot_size=65536, int slow_limit=4096, anycast=None,
+                 listener_ids=None, counters=None, int wake_fd=-1):
+        cdef int i, listener_id
+        cdef unsigned char[::1] view
         if not 0 < len(sockets) <= MAX_SOCKETS:
             raise ValueError(f"a loop serves 1 to {MAX_SOCKETS} sockets")
         if not 0 < batch <= 1024:
             raise ValueError("batch must be 1 to 1024")
+        if counters is None:
+            counters = bytearray(REGION_CELLS * 8)
+        view = memoryview(counters).cast("B")
+        if view.shape[0] < REGION_CELLS * 8:
+            raise ValueError(f"counters must have at least {REGION_CELLS * 8} bytes")
+        if (<size_t> &view[0]) % 8:
+            raise ValueError("counters must be aligned to 8 bytes")
+        self.counter_buffer = counters
+        self.cells = <uint64_t *> &view[0]
         self.socket_count = len(sockets)
         self.sockets = list(sockets)
         for i, (sock, nat_t) in enumerate(self.sockets):
             fd = sock.fileno()
+            listener_id = i if listener_ids is None else listener_ids[i]
+            if not 0 <= listener_id < MAX_LISTENER_IDS:
+                raise ValueError(f"listener id {listener_id} is outside 0 to {MAX_LISTENER_IDS - 1}")
             self.fds[i] = fd
             self.nat_t[i] = nat_t
+            self.anycast[i] = False if anycast is None else anycast[i]
+            self.listener_verdicts[i] = self.cells + VERDICTS_OFFSET + listener_id * VERDICT_SLOTS
+            self.listener_redirects[i] = self.cells + REDIRECTS_OFFSET + listener_id * MAX_GATEWAY_IDS
             self.polls[i].fd = fd
             self.polls[i].events = POLLIN
+        self.poll_count = self.socket_count
+        if wake_fd >= 0:
+            self.polls[self.socket_count].fd = wake_fd
+            self.polls[self.socket_count].events = POLLIN
+            self.poll_count += 1
         self.batch = batch
         self.slot_size = slot_size
         self.slow = []
@@ -714,10 +835,12 @@ cdef class Loop:
         self.send_data = <uint8_t *> malloc(batch * REPLY_MAX)
         self.send_control = <uint8_t *> calloc(batch, CONTROL_SPACE)
         self.send_gateway = <uint16_t *> calloc(batch, sizeof(uint16_t))
+        self.send_verdict = <uint8_t *> calloc(batch, sizeof(uint8_t))
         self.slow_index = <int *> calloc(batch, sizeof(int))
         if not (self.receive and self.receive_iov and self.receive_data and self.names
                 and self.receive_control and self.send and self.send_iov and self.send_data
-                and self.send_control and self.send_gateway and self.slow_index):
+                and self.send_control and self.send_gateway and self.send_verdict
+                and self.slow_index):
             raise MemoryError()
         for i in range(batch):
             self.receive_iov[i].iov_base = self.receive_data + i * slot_size
@@ -743,30 +866,46 @@ cdef class Loop:
         free(self.send_data)
         free(self.send_control)
         free(self.send_gateway)
+        free(self.send_verdict)
         free(self.slow_index)
-        free(self.gateway_totals)
 
     def set_table(self, CompiledTable table):
-        """Swap in a new table; per-gateway counters start again at zero."""
-        cdef uint64_t *counters = <uint64_t *> calloc(max(table.c.gateway_count, 1), sizeof(uint64_t))
-        if counters == NULL:
-            raise MemoryError()
-        free(self.gateway_totals)
-        self.gateway_totals = counters
-        self.gateway_total_size = table.c.gateway_count
+        """Swap in a new table; call it between run() calls."""
         self.table = table
 
+    @property
+    def current_table(self):
+        return self.table
+
     def verdict_counts(self):
-        """Return the per-verdict counts, indexed by verdict number."""
-        return [self.verdict_totals[i] for i in range(V_COUNT)]
+        """Return the per-verdict counts of this loop's listeners."""
+        cdef int i, verdict
+        totals = [0] * V_COUNT
+        for i in range(self.socket_count):
+            for verdict in range(V_COUNT):
+                totals[verdict] += self.listener_verdicts[i][verdict]
+        return totals
 
     def gateway_counts(self):
-        """Return redirects sent per gateway index of the current table."""
-        return [self.gateway_totals[i] for i in range(self.gateway_total_size)]
+        """Return answers sent per gateway index of the current table,
+        summed over this loop's listeners."""
+        cdef int i
+        cdef uint32_t gateway
+        totals = []
+        for gateway in range(self.table.c.gateway_count):
+            count = 0
+            for i in range(self.socket_count):
+                count += self.listener_redirects[i][self.table.c.counter_ids[gateway]]
+            totals.append(count)
+        return totals
 
     def batch_stats(self):
         """Return (batches received, datagrams in them)."""
-        return self.batches, self.batched_datagrams
+        cdef int i
+        batches = 0
+        for i in range(BATCH_BUCKETS):
+            batches += self.cells[BATCHES_OFFSET + i]
+        return batches, sum(self.verdict_counts())
 
     def take_slow(self):
         """Return and clear the queued slow-path datagrams."""
@@ -777,8 +916,8 @@ cdef class Loop:
 
     def run(self, int timeout_ms):
         """Serve until `timeout_ms` has passed, a signal interrupts the
-        wait, or slow-path datagrams are queued.  Return the number of
-        datagrams received."""
+        wait, the wake fd is readable, or slow-path datagrams are queued.
+        Return the number of datagrams received."""
         cdef int64_t deadline = now_ms() + timeout_ms
         cdef int64_t remaining
         cdef uint64_t received = 0
@@ -789,27 +928,31 @@ cdef class Loop:
                 remaining = deadline - now_ms()
                 if remaining < 0:
                     break
-                ready = poll(self.polls, self.socket_count, <int> remaining)
+                ready = poll(self.polls, self.poll_count, <int> remaining)
                 if ready <= 0:
                     break
                 for i in range(self.socket_count):
                     if self.polls[i].revents:
                         received += self.drain(i)
                 stop = self.slow_pending
+                if self.poll_count > self.socket_count and self.polls[self.socket_count].revents:
+                    stop = True
         return received
 
     cdef uint64_t drain(self, int index) noexcept nogil:
         # Read batches from one socket until it is empty or a few batches
         # have passed, so other sockets get their turn.
         cdef uint64_t total = 0
-        cdef int count, rounds
+        cdef int count, rounds, bucket
         for rounds in range(16):
             count = self.receive_batch(index)
             if count <= 0:
                 break
             total += count
-            self.batches += 1
-            self.batched_datagrams += count
+            bucket = 0
+            while bucket < BATCH_BUCKETS - 1 and (count >> (bucket + 1)) != 0:
+                bucket += 1
+            self.cells[BATCHES_OFFSET + bucket] += 1
             self.answer_batch(index, count)
             if <unsigned int> count < self.batch:
                 break
@@ -839,10 +982,11 @@ cdef class Loop:
         cdef msghdr *header
         cdef sockaddr_in *v4
         cdef sockaddr_in6 *v6
+        cdef uint64_t *verdicts = self.listener_verdicts[index]
         for i in range(count):
             header = &self.receive[i].msg_hdr
             if header.msg_flags & MSG_TRUNC:
-                self.verdict_totals[V_OVERSIZE] += 1
+                verdicts[V_OVERSIZE] += 1
                 continue
             if self.names[i].ss_family == AF_INET:
                 v4 = <sockaddr_in *> &self.names[i]
@@ -855,21 +999,22 @@ cdef class Loop:
                 address_length = 16
                 port = ntohs(v6.sin6_port)
             else:
-                self.verdict_totals[V_BAD_SOURCE] += 1
+                verdicts[V_BAD_SOURCE] += 1
                 continue
             verdict = process_c(&self.table.c, <const uint8_t *> self.receive_iov[i].iov_base,
                                 self.receive[i].msg_len, self.nat_t[index], address,
-                                address_length, port, self.send_data + replies * REPLY_MAX,
-                                &reply_length, &gateway)
-            if verdict == V_REDIRECTED:
+                                address_length, port, self.anycast[index],
+                                self.send_data + replies * REPLY_MAX, &reply_length, &gateway)
+            if verdict == V_REDIRECTED or verdict == V_REDIRECTED_OVERFLOW:
                 self.prepare_reply(replies, i, reply_length)
                 self.send_gateway[replies] = gateway
+                self.send_verdict[replies] = verdict
                 replies += 1
             elif verdict == V_SLOW_PATH:
                 self.slow_index[slow_count] = i
                 slow_count += 1
             else:
-                self.verdict_totals[verdict] += 1
+                verdicts[verdict] += 1
         if replies:
             self.send_replies(index, replies)
         if slow_count:
@@ -927,6 +1072,8 @@ cdef class Loop:
     cdef void send_replies(self, int index, int count) noexcept nogil:
         cdef int sent = 0
         cdef int result, i
+        cdef uint64_t *verdicts = self.listener_verdicts[index]
+        cdef uint64_t *redirects = self.listener_redirects[index]
         while sent < count:
             result = sendmmsg(self.fds[index], self.send + sent, count - sent, MSG_DONTWAIT)
             if result < 0:
@@ -934,16 +1081,15 @@ cdef class Loop:
                     continue
                 if errno == EAGAIN:
                     # The send buffer is full: these replies are lost.
-                    self.verdict_totals[V_SEND_FAILED] += count - sent
+                    verdicts[V_SEND_FAILED] += count - sent
                     return
                 # This one reply failed (say, no route to its address).
-                self.verdict_totals[V_SEND_FAILED] += 1
+                verdicts[V_SEND_FAILED] += 1
                 sent += 1
                 continue
             for i in range(sent, sent + result):
-                self.verdict_totals[V_REDIRECTED] += 1
-                if self.send_gateway[i] < self.gateway_total_size:
-                    self.gateway_totals[self.send_gateway[i]] += 1
+                verdicts[self.send_verdict[i]] += 1
+                redirects[self.table.c.counter_ids[self.send_gateway[i]]] += 1
             sent += result
 
     cdef void queue_slow(self, int index, int count):
@@ -955,9 +1101,9 @@ cdef class Loop:
         for k in range(count):
             i = self.slow_index[k]
             if len(self.slow) >= self.slow_limit:
-                self.verdict_totals[V_SLOW_PATH_FULL] += 1
+                self.listener_verdicts[index][V_SLOW_PATH_FULL] += 1
                 continue
-            self.verdict_totals[V_SLOW_PATH] += 1
+            self.listener_verdicts[index][V_SLOW_PATH] += 1
             data = PyBytes_FromStringAndSize(<char *> self.receive_iov[i].iov_base, self.receive[i].msg_len)
             header = &self.receive[i].msg_hdr
             destination = None

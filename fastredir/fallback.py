@@ -29,7 +29,17 @@ from fastredir.ikev2 import (
     NotifyType,
     PayloadType,
 )
-from fastredir.selection import NO_GATEWAY, GatewayTable, KeyMode, client_hash, normalize_fqdn
+from fastredir.selection import (
+    ANYCAST,
+    NO_GATEWAY,
+    ROOM,
+    USABLE,
+    GatewayState,
+    GatewayTable,
+    KeyMode,
+    client_hash,
+    normalize_fqdn,
+)
 from fastredir.verdict import Verdict
 
 IMPLEMENTATION = "python"
@@ -53,9 +63,24 @@ _REDIRECT_FIXED = struct.Struct("!BBHBBH")  # generic header + notify header
 class CompiledTable:
     """A `GatewayTable` prepared for `process()`."""
 
-    __slots__ = ("size", "seed", "key_mode", "slots", "alternates", "identities", "exclusions")
+    __slots__ = (
+        "source",
+        "size",
+        "seed",
+        "key_mode",
+        "slots",
+        "alternates",
+        "identities",
+        "exclusions",
+        "counter_ids",
+        "flags",
+        "scores",
+        "spares",
+        "overflow_least_loaded",
+    )
 
     def __init__(self, table: GatewayTable) -> None:
+        self.source = table
         self.size = table.size
         self.seed = table.seed
         self.key_mode = table.key_mode
@@ -63,6 +88,17 @@ class CompiledTable:
         self.alternates = [table.alternate_at(i) for i in range(table.size)]
         self.identities = table.encoded_identities()
         self.exclusions = dict(table.exclusions)
+        self.counter_ids = table.counter_ids()
+        self.update_state(table.current_state())
+
+    def update_state(self, state: GatewayState) -> None:
+        """Swap in new gateway flags and scores (same gateways, same order)."""
+        if len(state.flags) != len(self.identities):
+            raise ValueError(f"state for {len(state.flags)} gateways, table has {len(self.identities)}")
+        self.flags = state.flags
+        self.scores = state.scores
+        self.spares = state.spares
+        self.overflow_least_loaded = state.overflow_least_loaded
 
 
 def compile_table(table: GatewayTable) -> CompiledTable:
@@ -195,20 +231,57 @@ def _check_content(scan: _Scan) -> Verdict | None:
     return None
 
 
+def _may_take(table: CompiledTable, gateway: int, excluded: int, unicast_only: bool, need_room: bool) -> bool:
+    if gateway == NO_GATEWAY or gateway == excluded:
+        return False
+    flags = table.flags[gateway]
+    if not flags & USABLE or (unicast_only and flags & ANYCAST):
+        return False
+    return bool(flags & ROOM) or not need_room
+
+
 def select_gateway(
-    table: CompiledTable, client_address: bytes, initiator_spi: bytes, excluded_key: bytes | None
-) -> int:
-    """Return the gateway index for a client, or NO_GATEWAY."""
+    table: CompiledTable,
+    client_address: bytes,
+    initiator_spi: bytes,
+    excluded_key: bytes | None,
+    unicast_only: bool = False,
+) -> tuple[Verdict, int]:
+    """Choose the gateway for a client.
+
+    The client's slot offers two candidates, the slot's gateway and its
+    alternate; of those that may take the client the less loaded wins,
+    the slot's own on a tie.  When neither may, the least-loaded spare
+    with room does, and when no usable gateway has room the overflow
+    action decides.  Returns (REDIRECTED, REDIRECTED_OVERFLOW, ALL_FULL or
+    NO_GATEWAY, gateway index or NO_GATEWAY).
+    """
     if table.size == 0:
-        return NO_GATEWAY
+        return Verdict.NO_GATEWAY, NO_GATEWAY
     key = client_address
     if table.key_mode == KeyMode.ADDRESS_SPI:
         key += initiator_spi
     slot = client_hash(key, table.seed) % table.size
-    gateway = table.slots[slot]
-    if excluded_key is not None and table.exclusions.get(excluded_key) == gateway:
-        gateway = table.alternates[slot]
-    return gateway
+    excluded = NO_GATEWAY if excluded_key is None else table.exclusions.get(excluded_key, NO_GATEWAY)
+
+    first, second = table.slots[slot], table.alternates[slot]
+    first_ok = _may_take(table, first, excluded, unicast_only, True)
+    second_ok = _may_take(table, second, excluded, unicast_only, True)
+    if first_ok and second_ok:
+        return Verdict.REDIRECTED, second if table.scores[second] < table.scores[first] else first
+    if first_ok or second_ok:
+        return Verdict.REDIRECTED, first if first_ok else second
+
+    spares = table.spares[1 if unicast_only else 0]
+    for spare in spares[:2]:
+        if _may_take(table, spare, excluded, unicast_only, True):
+            return Verdict.REDIRECTED, spare
+    usable = [g for g in spares[2:] if _may_take(table, g, excluded, unicast_only, False)]
+    if not usable:
+        return Verdict.NO_GATEWAY, NO_GATEWAY
+    if table.overflow_least_loaded:
+        return Verdict.REDIRECTED_OVERFLOW, usable[0]
+    return Verdict.ALL_FULL, NO_GATEWAY
 
 
 def build_redirect(initiator_spi: bytes, identity: bytes, nonce: bytes) -> bytes:
@@ -236,13 +309,17 @@ def process(
     nat_t: bool,
     client_address: bytes,
     client_port: int,
+    unicast_only: bool = False,
 ) -> tuple[Verdict, bytes | None, int]:
     """Decide what to do with one datagram received from
     `client_address`:`client_port` (a packed 4- or 16-byte address).
+    `unicast_only` is set for a datagram that reached an anycast listener:
+    no anycast gateway may be chosen then.
 
     Returns (verdict, reply, gateway index).  The reply, including the
     non-ESP marker when `nat_t` is set, is present only for
-    Verdict.REDIRECTED; the gateway index is NO_GATEWAY otherwise.
+    REDIRECTED and REDIRECTED_OVERFLOW; the gateway index is NO_GATEWAY
+    otherwise.
     """
     if len(client_address) not in (4, 16):
         raise ValueError("client_address must be a packed IPv4 or IPv6 address")
@@ -270,15 +347,15 @@ def process(
         return verdict, None, NO_GATEWAY
 
     initiator_spi = message[:8]
-    gateway = select_gateway(table, client_address, initiator_spi, scan.excluded_key)
+    verdict, gateway = select_gateway(table, client_address, initiator_spi, scan.excluded_key, unicast_only)
     if gateway == NO_GATEWAY:
-        return Verdict.NO_GATEWAY, None, NO_GATEWAY
+        return verdict, None, NO_GATEWAY
     reply = build_redirect(initiator_spi, table.identities[gateway], scan.nonce)
     if len(reply) > len(message):
         return Verdict.REPLY_TOO_LONG, None, NO_GATEWAY
     if nat_t:
         reply = NON_ESP_MARKER + reply
-    return Verdict.REDIRECTED, reply, gateway
+    return verdict, reply, gateway
 
 
 def process_many(
@@ -288,6 +365,6 @@ def process_many(
     the twin of the Cython process_many() used by microbenchmarks."""
     redirected = 0
     for datagram in datagrams:
-        if process(table, datagram, nat_t, client_address, client_port)[0] == Verdict.REDIRECTED:
+        if process(table, datagram, nat_t, client_address, client_port)[0].is_answer:
             redirected += 1
     return redirected

@@ -8,6 +8,7 @@ import socket
 import struct
 import time
 
+from fastredir import counters as layout
 from fastredir import fallback
 from fastredir.verdict import VERDICT_COUNT, Verdict
 
@@ -44,37 +45,68 @@ def _reply_ancillary(destination: bytes | None, ifindex: int, level: int) -> lis
 class Loop:
     """Receive, decide and answer on a set of UDP sockets.
 
-    `sockets` is a list of (socket object, nat_t) pairs.
+    Same interface as `_fastpath.Loop`: `sockets` is a list of (socket
+    object, nat_t) pairs; `anycast`, `listener_ids`, `counters` and
+    `wake_fd` mean what they mean there.
     """
 
-    def __init__(self, sockets, table, batch: int = 64, slot_size: int = 65536, slow_limit: int = 4096):
+    def __init__(
+        self,
+        sockets,
+        table,
+        batch: int = 64,
+        slot_size: int = 65536,
+        slow_limit: int = 4096,
+        anycast=None,
+        listener_ids=None,
+        counters=None,
+        wake_fd: int = -1,
+    ):
         self._sockets = [(sock, bool(nat_t)) for sock, nat_t in sockets]
+        self._anycast = [False] * len(self._sockets) if anycast is None else [bool(a) for a in anycast]
+        ids = list(range(len(self._sockets))) if listener_ids is None else list(listener_ids)
+        if counters is None:
+            counters = bytearray(layout.REGION_BYTES)
+        self._cells = memoryview(counters).cast("B").cast("Q")
+        self._verdict_base = [layout.VERDICTS_OFFSET + i * layout.VERDICT_SLOTS for i in ids]
+        self._redirect_base = [layout.REDIRECTS_OFFSET + i * layout.MAX_GATEWAY_IDS for i in ids]
         self._poller = select.poll()
         self._by_fd = {}
         for index, (sock, _) in enumerate(self._sockets):
             self._poller.register(sock.fileno(), select.POLLIN)
             self._by_fd[sock.fileno()] = index
+        self._wake_fd = wake_fd
+        if wake_fd >= 0:
+            self._poller.register(wake_fd, select.POLLIN)
         self._batch = batch
         self._slot_size = slot_size
-        self._counts = [0] * VERDICT_COUNT
         self._slow: list = []
         self.slow_limit = slow_limit
-        self._batches = 0
-        self._batched = 0
         self.set_table(table)
 
     def set_table(self, table) -> None:
         self._table = table
-        self._gateway_counts = [0] * len(table.identities)
+
+    @property
+    def current_table(self):
+        return self._table
 
     def verdict_counts(self) -> list[int]:
-        return list(self._counts)
+        totals = [0] * VERDICT_COUNT
+        for base in self._verdict_base:
+            for verdict in range(VERDICT_COUNT):
+                totals[verdict] += self._cells[base + verdict]
+        return totals
 
     def gateway_counts(self) -> list[int]:
-        return list(self._gateway_counts)
+        return [
+            sum(self._cells[base + counter_id] for base in self._redirect_base)
+            for counter_id in self._table.counter_ids
+        ]
 
     def batch_stats(self) -> tuple[int, int]:
-        return self._batches, self._batched
+        batches = sum(self._cells[layout.BATCHES_OFFSET + b] for b in range(layout.BATCH_BUCKETS))
+        return batches, sum(self.verdict_counts())
 
     def take_slow(self) -> list:
         queued, self._slow = self._slow, []
@@ -93,8 +125,14 @@ class Loop:
                 break
             if not ready:
                 break
+            woken = False
             for fd, _ in ready:
-                received += self._drain(self._by_fd[fd])
+                if fd == self._wake_fd:
+                    woken = True
+                else:
+                    received += self._drain(self._by_fd[fd])
+            if woken:
+                break
         return received
 
     def _drain(self, index: int) -> int:
@@ -108,28 +146,29 @@ class Loop:
             count += 1
             self._handle(index, sock, nat_t, data, ancillary, flags, source)
         if count:
-            self._batches += 1
-            self._batched += count
+            # One recvmsg per datagram: a whole drain counts as one batch.
+            self._cells[layout.BATCHES_OFFSET + layout.batch_bucket(min(count, 1024))] += 1
         return count
 
     def _handle(self, index, sock, nat_t, data, ancillary, flags, source) -> None:
+        base = self._verdict_base[index]
         if flags & socket.MSG_TRUNC:
-            self._counts[Verdict.OVERSIZE] += 1
+            self._cells[base + Verdict.OVERSIZE] += 1
             return
         address = socket.inet_pton(sock.family, source[0].split("%")[0])
         port = source[1]
-        verdict, reply, gateway = fallback.process(self._table, data, nat_t, address, port)
+        verdict, reply, gateway = fallback.process(self._table, data, nat_t, address, port, self._anycast[index])
         destination, ifindex, level = _destination_of(ancillary)
-        if verdict == Verdict.REDIRECTED:
+        if verdict.is_answer:
             try:
                 sock.sendmsg([reply], _reply_ancillary(destination, ifindex, level), socket.MSG_DONTWAIT, source)
             except OSError:
-                self._counts[Verdict.SEND_FAILED] += 1
+                self._cells[base + Verdict.SEND_FAILED] += 1
                 return
-            self._gateway_counts[gateway] += 1
+            self._cells[self._redirect_base[index] + self._table.counter_ids[gateway]] += 1
         elif verdict == Verdict.SLOW_PATH:
             if len(self._slow) >= self.slow_limit:
                 verdict = Verdict.SLOW_PATH_FULL
             else:
                 self._slow.append((index, data, address, port, destination))
-        self._counts[verdict] += 1
+        self._cells[base + verdict] += 1

@@ -75,11 +75,17 @@ def is_prime(n: int) -> bool:
 @dataclass(frozen=True)
 class Gateway:
     """A redirect target: its identity, weight and the addresses that
-    REDIRECTED_FROM may name it by (its own address, if it is one)."""
+    REDIRECTED_FROM may name it by (its own address, if it is one).
+
+    `counter_id` names the gateway's counters; it stays the same across
+    table rebuilds while the gateway index in a table does not.
+    """
 
     identity: GatewayIdentity
     weight: int = 1
     aliases: tuple[GatewayIdentity, ...] = ()
+    anycast: bool = False
+    counter_id: int = -1  # -1: the gateway's index in the table
 
     @property
     def name(self) -> str:
@@ -105,9 +111,62 @@ def exclusion_key(identity: GatewayIdentity) -> bytes:
     return bytes((identity.type,)) + raw
 
 
+# Bits of GatewayState.flags, one byte per gateway.
+USABLE = 0x01  # up and not drained
+ROOM = 0x02  # below its high-water mark
+ANYCAST = 0x04  # an anycast address: never a target from an anycast listener
+MAX_SCORE = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class GatewayState:
+    """What changes without a table rebuild: per-gateway flags and load
+    scores (lower is less loaded, up to MAX_SCORE), and what to do when
+    no candidate has room.
+
+    `spares[u]` holds, for unicast_only u = 0 or 1, the two least-loaded
+    usable gateways with room and then the two least-loaded usable
+    gateways regardless of room (NO_GATEWAY where there are fewer), for
+    clients whose table candidates cannot take them.
+    """
+
+    flags: bytes
+    scores: tuple[int, ...]
+    overflow_least_loaded: bool = False
+    spares: tuple[tuple[int, int, int, int], tuple[int, int, int, int]] = (
+        (NO_GATEWAY,) * 4,
+        (NO_GATEWAY,) * 4,
+    )
+
+    @classmethod
+    def make(cls, flags: Sequence[int], scores: Sequence[int], overflow_least_loaded: bool = False) -> GatewayState:
+        """Build a state and its spares from per-gateway flags and scores."""
+        if len(flags) != len(scores):
+            raise UsageError("flags and scores must have one entry per gateway")
+        scores = tuple(min(max(int(s), 0), MAX_SCORE) for s in scores)
+        spares = []
+        for unicast_only in (False, True):
+            allowed = [
+                index
+                for index, flag in enumerate(flags)
+                if flag & USABLE and not (unicast_only and flag & ANYCAST)
+            ]
+            allowed.sort(key=lambda index: (scores[index], index))
+            with_room = [index for index in allowed if flags[index] & ROOM]
+            pick = (with_room + [NO_GATEWAY] * 2)[:2] + (allowed + [NO_GATEWAY] * 2)[:2]
+            spares.append(tuple(pick))
+        return cls(bytes(flags), scores, overflow_least_loaded, (spares[0], spares[1]))  # type: ignore[arg-type]
+
+    @classmethod
+    def all_usable(cls, gateways: Sequence[Gateway]) -> GatewayState:
+        flags = [USABLE | ROOM | (ANYCAST if g.anycast else 0) for g in gateways]
+        return cls.make(flags, [0] * len(gateways))
+
+
 @dataclass(frozen=True)
 class GatewayTable:
-    """The data both fast paths index: gateways, slots and exclusion keys."""
+    """The data both fast paths index: gateways, slots, exclusion keys and
+    the gateways' current state."""
 
     gateways: tuple[Gateway, ...]
     slots: bytes  # `size` little-endian uint16 gateway indexes
@@ -116,6 +175,13 @@ class GatewayTable:
     seed: int
     key_mode: KeyMode
     exclusions: tuple[tuple[bytes, int], ...]  # sorted (key, gateway index)
+    state: GatewayState | None = None  # None: every gateway usable with room
+
+    def current_state(self) -> GatewayState:
+        return self.state if self.state is not None else GatewayState.all_usable(self.gateways)
+
+    def counter_ids(self) -> list[int]:
+        return [g.counter_id if g.counter_id >= 0 else index for index, g in enumerate(self.gateways)]
 
     def gateway_at(self, slot: int) -> int:
         return int.from_bytes(self.slots[2 * slot : 2 * slot + 2], "little")

@@ -35,6 +35,12 @@ class Verdict(enum.IntEnum):
     OVERSIZE = 20  # larger than the receive buffer (socket loops only)
     SEND_FAILED = 21  # the kernel refused the reply (socket loops only)
     SLOW_PATH_FULL = 22  # slow-path queue full (socket loops only)
+    ALL_FULL = 23  # every gateway that may take the client is full
+    REDIRECTED_OVERFLOW = 24  # all full, sent to the least loaded anyway
+
+    @property
+    def is_answer(self) -> bool:
+        return self in (Verdict.REDIRECTED, Verdict.REDIRECTED_OVERFLOW)
 
     @property
     def label(self) -> str:
