@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import urllib.parse
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any, Callable
@@ -39,6 +40,8 @@ LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 KEY_MODES = {"address": KeyMode.ADDRESS, "address+spi": KeyMode.ADDRESS_SPI}
+OVERFLOW_ACTIONS = ("drop", "least_loaded")
+MAX_LOAD = 100_000_000  # IKE SAs; far above what one gateway holds
 MAX_WORKERS = 256
 MAX_TABLE_SIZE = 1 << 20  # a larger table takes seconds to build in Python
 # The Maglev paper's rule of thumb: at least 100 slots per gateway keeps
@@ -64,14 +67,38 @@ class Listener:
 
 
 @dataclass(frozen=True)
+class LoadSource:
+    """Where a gateway's load (its IKE SA count) comes from."""
+
+    kind: str  # "vici", "http" or "static"
+    location: str = ""  # the VICI socket (unix:///path or tcp://host:port) or the URL
+    field: str = "ike_sas"  # for http: the JSON key, dots for nested objects
+    value: int = 0  # for static
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     target: GatewayIdentity
     weight: int = 1
     addresses: tuple[Address, ...] = ()
+    capacity: int | None = None  # IKE SAs the gateway is sized for
+    high_water: int | None = None  # no new clients at or above this load
+    anycast: bool = False
+    load: LoadSource | None = None
+    health_port: int | None = None  # overrides health.port
 
-    def to_gateway(self) -> Gateway:
+    def to_gateway(self, counter_id: int = -1) -> Gateway:
         aliases = tuple(GatewayIdentity.from_address(a) for a in self.addresses)
-        return Gateway(self.target, self.weight, aliases)
+        return Gateway(self.target, self.weight, aliases, self.anycast, counter_id)
+
+    @property
+    def name(self) -> str:
+        return str(self.target)
+
+    @property
+    def limit(self) -> int | None:
+        """The load at which the gateway takes no new clients, if any."""
+        return self.high_water if self.high_water is not None else self.capacity
 
 
 @dataclass(frozen=True)
@@ -79,6 +106,47 @@ class SelectionConfig:
     key: KeyMode = KeyMode.ADDRESS
     table_size: int = DEFAULT_TABLE_SIZE
     seed: int = DEFAULT_SEED
+    overflow: str = "drop"  # or "least_loaded": what to do when every gateway is full
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Active IKE health checks of every gateway."""
+
+    enabled: bool = False
+    interval: float = 2.0  # seconds between probes of one gateway
+    timeout: float = 1.0  # seconds to wait for an answer
+    fall: int = 3  # unanswered probes in a row before a gateway is down
+    rise: int = 2  # answered probes in a row before it is up again
+    port: int = IKE_PORT
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """How gateway load is polled."""
+
+    interval: float = 5.0  # seconds between polls of one gateway
+    timeout: float = 2.0  # seconds a poll may take
+    max_age: float = 30.0  # seconds after which a reading expires
+    default: int = 0  # the load assumed without a fresh reading
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The endpoint of drain, reload and status: a unix socket path, or a
+    loopback address and port."""
+
+    socket: str | None = None
+    address: tuple[str, int] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.socket is not None or self.address is not None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: tuple[str, int] | None = None  # HTTP address of the Prometheus endpoint
 
 
 @dataclass(frozen=True)
@@ -96,9 +164,16 @@ class Config:
     batch: int = 64
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    load: LoadConfig = field(default_factory=LoadConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    user: str | None = None  # drop to this user after binding sockets
+    group: str | None = None
     source: str = DEFAULT_SOURCE
 
     def build_table(self) -> GatewayTable:
+        """Build the table of every configured gateway, all usable."""
         return build_table(
             [g.to_gateway() for g in self.gateways],
             size=self.selection.table_size,
@@ -120,12 +195,18 @@ def parse_ip(text: str) -> Address:
 
 
 def parse_gateway_target(text: str) -> GatewayIdentity:
-    """Parse a gateway given as an IP address or a host name."""
+    """Parse a gateway given as an IP address (IPv6 optionally in
+    brackets) or a host name."""
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
         if not is_host_name(text) or len(text) > FQDN_MAX_LENGTH:
-            raise ValueError(f"not an IP address or host name: {text!r}") from None
+            hint = ""
+            if text.rpartition(":")[2].isdigit():
+                hint = "; a gateway has no port: REDIRECT names only an address or a name"
+            raise ValueError(f"not an IP address or host name: {text!r}{hint}") from None
         return GatewayIdentity.from_text(text)
     if address.version == 6 and address.scope_id:
         raise ValueError(f"a gateway address cannot carry a scope ID (%{address.scope_id}): {text!r}")
@@ -195,11 +276,18 @@ class _Walker:
     def __init__(self, source: str, loader: yaml.SafeLoader) -> None:
         self.source = source
         self.loader = loader
-        self.errors: list[str] = []
+        self._errors: list[tuple[int, int, str]] = []
+
+    @property
+    def errors(self) -> list[str]:
+        """The errors found so far, in the order of their lines."""
+        return [text for _, _, text in sorted(self._errors)]
 
     def error(self, node: yaml.Node | None, path: str, problem: str) -> None:
-        line = f":{node.start_mark.line + 1}" if node is not None else ""
-        self.errors.append(f"{self.source}{line}: {path or 'top level'}: {problem}")
+        line = node.start_mark.line + 1 if node is not None else 0
+        where = f":{line}" if node is not None else ""
+        text = f"{self.source}{where}: {path or 'top level'}: {problem}"
+        self._errors.append((line, len(self._errors), text))
 
     def mapping(self, node: yaml.Node, path: str, allowed: tuple[str, ...]) -> dict[str, yaml.Node] | None:
         if not isinstance(node, yaml.MappingNode):
@@ -248,21 +336,21 @@ class _Walker:
         if value is _INVALID:
             return _INVALID
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            self.error(node, path, f"must be an integer from {low} to {high}, not {_show(value)}")
+            self.error(node, path, f"must be an integer from {low} to {high}, not {_show_text(node, value)}")
             return _INVALID
         return value
 
     def boolean(self, node: yaml.Node, path: str) -> Any:
         value = self.scalar(node, path)
         if value is not _INVALID and not isinstance(value, bool):
-            self.error(node, path, f"must be true or false, not {_show(value)}")
+            self.error(node, path, f"must be true or false, not {_show_text(node, value)}")
             return _INVALID
         return value
 
     def choice(self, node: yaml.Node, path: str, choices: tuple[str, ...]) -> Any:
         value = self.scalar(node, path)
         if value is not _INVALID and value not in choices:
-            self.error(node, path, f"must be one of {', '.join(choices)}, not {_show(value)}")
+            self.error(node, path, f"must be one of {', '.join(choices)}, not {_show_text(node, value)}")
             return _INVALID
         return value
 
@@ -287,6 +375,14 @@ class _Walker:
         except ValueError as exc:
             self.error(node, path, str(exc))
             return _INVALID
+
+
+def _show_text(node: yaml.Node, value: Any) -> str:
+    """Return the value as the file wrote it, or its repr if too long."""
+    text = node.value if isinstance(node, yaml.ScalarNode) else None
+    if isinstance(text, str) and len(text) <= 80 and text.isprintable():
+        return text if text else "an empty value"
+    return _show(value)
 
 
 def _show(value: Any) -> str:
@@ -333,28 +429,227 @@ def _gateway(walker: _Walker, node: yaml.Node, path: str) -> GatewayConfig | Non
     if isinstance(node, yaml.ScalarNode):
         target = walker.text(node, path, parse_gateway_target)
         return None if target is _INVALID else GatewayConfig(target)
-    keys = walker.mapping(node, path, ("target", "weight", "addresses"))
+    keys = walker.mapping(
+        node,
+        path,
+        ("target", "weight", "addresses", "capacity", "high_water", "anycast", "load", "health_port"),
+    )
     if keys is None:
         return None
     if "target" not in keys:
         walker.error(node, path, "missing key 'target'")
         return None
     target = walker.text(keys["target"], f"{path}.target", parse_gateway_target)
-    weight = 1
-    if "weight" in keys:
-        weight = walker.integer(keys["weight"], f"{path}.weight", 1, 0xFFFF)
+    values = _fields(
+        walker,
+        keys,
+        path,
+        {
+            "weight": lambda n, p: walker.integer(n, p, 1, 0xFFFF),
+            "capacity": lambda n, p: walker.integer(n, p, 1, MAX_LOAD),
+            "high_water": lambda n, p: walker.integer(n, p, 1, MAX_LOAD),
+            "anycast": walker.boolean,
+            "load": lambda n, p: _load_source(walker, n, p),
+            "health_port": lambda n, p: walker.integer(n, p, 1, 65535),
+        },
+    )
     addresses: list[Any] = []
     if "addresses" in keys:
         items = walker.sequence(keys["addresses"], f"{path}.addresses") or []
         for index, item in enumerate(items):
             addresses.append(walker.text(item, f"{path}.addresses[{index}]", parse_ip))
-    if _INVALID in (target, weight) or _INVALID in addresses:
+    if target is _INVALID or values is None or _INVALID in addresses:
         return None
-    return GatewayConfig(target, weight, tuple(addresses))
+    gateway = GatewayConfig(target, addresses=tuple(addresses), **values)
+    if gateway.capacity is not None and gateway.high_water is not None and gateway.high_water > gateway.capacity:
+        walker.error(
+            keys["high_water"],
+            f"{path}.high_water",
+            f"{gateway.high_water} is above the capacity {gateway.capacity}",
+        )
+        return None
+    return gateway
+
+
+def _load_source(walker: _Walker, node: yaml.Node, path: str) -> Any:
+    keys = walker.mapping(node, path, ("vici", "http", "field", "static"))
+    if keys is None:
+        return _INVALID
+    kinds = [kind for kind in ("vici", "http", "static") if kind in keys]
+    if len(kinds) != 1:
+        walker.error(node, path, "must name exactly one of vici, http or static")
+        return _INVALID
+    kind = kinds[0]
+    if kind == "static":
+        value = walker.integer(keys["static"], f"{path}.static", 0, MAX_LOAD)
+        return _INVALID if value is _INVALID else LoadSource("static", value=value)
+    parse = parse_vici_uri if kind == "vici" else parse_http_url
+    location = walker.text(keys[kind], f"{path}.{kind}", parse)
+    field_name = "ike_sas"
+    if "field" in keys:
+        if kind != "http":
+            walker.error(keys["field"], f"{path}.field", "is used only with http")
+            return _INVALID
+        field_name = walker.text(keys["field"], f"{path}.field", _check_field)
+    if _INVALID in (location, field_name):
+        return _INVALID
+    return LoadSource(kind, location, field_name)
+
+
+def parse_vici_uri(text: str) -> str:
+    """Check a VICI socket: unix:///absolute/path or tcp://host:port."""
+    if text.startswith("unix://"):
+        if not text[len("unix://") :].startswith("/"):
+            raise ValueError(f"a unix VICI socket needs an absolute path, as unix:///run/charon.vici, not {text!r}")
+        return text
+    if text.startswith("tcp://"):
+        parse_host_port(text[len("tcp://") :], 4502)
+        return text
+    raise ValueError(f"a VICI socket is unix:///PATH or tcp://HOST:PORT, not {text!r}")
+
+
+def parse_http_url(text: str) -> str:
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, not {text!r}")
+    return text
+
+
+def _check_field(text: str) -> str:
+    if not text or any(not part for part in text.split(".")):
+        raise ValueError(f"a JSON key path is names joined by dots, not {text!r}")
+    return text
+
+
+def _fields(
+    walker: _Walker, keys: dict[str, yaml.Node], path: str, readers: dict[str, Callable[[yaml.Node, str], Any]]
+) -> dict[str, Any] | None:
+    """Read the keys of `readers` present in `keys`; return them, or None
+    when one is invalid (the walker has the error)."""
+    values = {}
+    for name, read in readers.items():
+        if name in keys:
+            values[name] = read(keys[name], f"{path}.{name}" if path else name)
+    if _INVALID in values.values():
+        return None
+    return values
+
+
+def _seconds(walker: _Walker, low: float, high: float) -> Callable[[yaml.Node, str], Any]:
+    def read(node: yaml.Node, path: str) -> Any:
+        value = walker.scalar(node, path)
+        if value is _INVALID:
+            return _INVALID
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            walker.error(node, path, f"must be a number of seconds from {low:g} to {high:g}, not {_show(value)}")
+            return _INVALID
+        return float(value)
+
+    return read
+
+
+def _section(walker: _Walker, node: yaml.Node, path: str, default: Any, readers: dict) -> Any:
+    keys = walker.mapping(node, path, tuple(readers))
+    if keys is None:
+        return None
+    values = _fields(walker, keys, path, readers)
+    return None if values is None else replace(default, **values)
+
+
+def _health(walker: _Walker, node: yaml.Node) -> HealthConfig | None:
+    health = _section(
+        walker,
+        node,
+        "health",
+        HealthConfig(),
+        {
+            "enabled": walker.boolean,
+            "interval": _seconds(walker, 0.1, 3600),
+            "timeout": _seconds(walker, 0.05, 3600),
+            "fall": lambda n, p: walker.integer(n, p, 1, 100),
+            "rise": lambda n, p: walker.integer(n, p, 1, 100),
+            "port": lambda n, p: walker.integer(n, p, 1, 65535),
+        },
+    )
+    if health is not None and health.timeout > health.interval:
+        walker.error(node, "health.timeout", f"{health.timeout:g} s is longer than the interval {health.interval:g} s")
+        return None
+    return health
+
+
+def _load(walker: _Walker, node: yaml.Node) -> LoadConfig | None:
+    return _section(
+        walker,
+        node,
+        "load",
+        LoadConfig(),
+        {
+            "interval": _seconds(walker, 0.1, 3600),
+            "timeout": _seconds(walker, 0.05, 600),
+            "max_age": _seconds(walker, 0.1, 86400),
+            "default": lambda n, p: walker.integer(n, p, 0, MAX_LOAD),
+        },
+    )
+
+
+def parse_loopback_address(text: str) -> tuple[str, int]:
+    host, port = parse_host_port(text, 0)
+    if port == 0:
+        raise ValueError(f"expected ADDRESS:PORT, not {text!r}")
+    if not parse_ip(host).is_loopback:
+        raise ValueError(f"the control endpoint listens on loopback only, not on {host}")
+    return host, port
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    host, port = parse_host_port(text, 0)
+    if port == 0:
+        raise ValueError(f"expected ADDRESS:PORT, not {text!r}")
+    parse_ip(host)
+    return host, port
+
+
+def _control(walker: _Walker, node: yaml.Node) -> ControlConfig | None:
+    control = _section(
+        walker,
+        node,
+        "control",
+        ControlConfig(),
+        {
+            "socket": lambda n, p: walker.text(n, p, _absolute_path),
+            "address": lambda n, p: walker.text(n, p, parse_loopback_address),
+        },
+    )
+    if control is not None and control.socket is not None and control.address is not None:
+        walker.error(node, "control", "give either socket or address, not both")
+        return None
+    return control
+
+
+def _absolute_path(text: str) -> str:
+    if not text.startswith("/"):
+        raise ValueError(f"must be an absolute path, not {text!r}")
+    return text
+
+
+def _metrics(walker: _Walker, node: yaml.Node) -> MetricsConfig | None:
+    return _section(
+        walker,
+        node,
+        "metrics",
+        MetricsConfig(),
+        {"listen": lambda n, p: walker.text(n, p, parse_listen_address)},
+    )
+
+
+def _name(text: str) -> str:
+    if not text or not text.isprintable() or ":" in text:
+        raise ValueError(f"not a user or group name: {text!r}")
+    return text
 
 
 def _selection(walker: _Walker, node: yaml.Node) -> SelectionConfig | None:
-    keys = walker.mapping(node, "selection", ("key", "table_size", "seed"))
+    keys = walker.mapping(node, "selection", ("key", "table_size", "seed", "overflow"))
     if keys is None:
         return None
     result = SelectionConfig()
@@ -373,6 +668,10 @@ def _selection(walker: _Walker, node: yaml.Node) -> SelectionConfig | None:
         seed = walker.integer(keys["seed"], "selection.seed", 0, (1 << 64) - 1)
         if seed is not _INVALID:
             result = replace(result, seed=seed)
+    if "overflow" in keys:
+        overflow = walker.choice(keys["overflow"], "selection.overflow", OVERFLOW_ACTIONS)
+        if overflow is not _INVALID:
+            result = replace(result, overflow=overflow)
     return result
 
 
@@ -403,7 +702,20 @@ def _logging(walker: _Walker, node: yaml.Node) -> LoggingConfig | None:
     return result
 
 
-_TOP_KEYS = ("listen", "gateways", "workers", "batch", "selection", "logging")
+_TOP_KEYS = (
+    "listen",
+    "gateways",
+    "workers",
+    "batch",
+    "selection",
+    "logging",
+    "health",
+    "load",
+    "control",
+    "metrics",
+    "user",
+    "group",
+)
 
 
 def parse_config(text: str, source: str) -> Config:
@@ -456,6 +768,13 @@ def parse_config(text: str, source: str) -> Config:
         settings["selection"] = _selection(walker, keys["selection"])
     if "logging" in keys:
         settings["logging"] = _logging(walker, keys["logging"])
+    sections = {"health": _health, "load": _load, "control": _control, "metrics": _metrics}
+    for name, read in sections.items():
+        if name in keys:
+            settings[name] = read(walker, keys[name])
+    for name in ("user", "group"):
+        if name in keys:
+            settings[name] = walker.text(keys[name], name, _name)
     if walker.errors:
         raise ConfigError("\n".join(walker.errors))
 
@@ -473,6 +792,13 @@ def parse_config(text: str, source: str) -> Config:
     if walker.errors:
         raise ConfigError("\n".join(walker.errors))
     return config
+
+
+def next_prime(n: int) -> int:
+    """Return the smallest prime that is at least `n`."""
+    while not is_prime(n):
+        n += 1
+    return n
 
 
 def check_consistency(config: Config) -> list[tuple[str, str]]:
@@ -507,7 +833,8 @@ def check_consistency(config: Config) -> list[tuple[str, str]]:
         problems.append(
             (
                 "selection.table_size",
-                f"{size} is too small for {len(config.gateways)} gateways; use a prime of at least {needed}",
+                f"{size} is too small for {len(config.gateways)} gateways; use a prime of at least "
+                f"{next_prime(needed)}",
             )
         )
     elif config.gateways:
@@ -519,7 +846,7 @@ def check_consistency(config: Config) -> list[tuple[str, str]]:
                     "selection.table_size",
                     f"{size} slots leave gateway {lightest.target} (weight {lightest.weight} of "
                     f"{total}) fewer than {MIN_SLOTS}; raise table_size to a prime of at least "
-                    f"{-(-MIN_SLOTS * total // lightest.weight)} or make the weights more even",
+                    f"{next_prime(-(-MIN_SLOTS * total // lightest.weight))} or make the weights more even",
                 )
             )
     return problems

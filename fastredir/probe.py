@@ -320,7 +320,8 @@ def format_outcome(outcome: ProbeOutcome) -> list[str]:
         lines.append(f"ignored {outcome.error_count - len(outcome.errors)} more undecodable answers")
     answer = outcome.answer
     if answer is None:
-        lines.append(f"no answer from {target} after {outcome.attempts} attempts in {outcome.elapsed:.1f} s")
+        attempts = "1 attempt" if outcome.attempts == 1 else f"{outcome.attempts} attempts"
+        lines.append(f"no answer from {target} after {attempts} in {outcome.elapsed:.1f} s")
         return lines
     if answer.redirect is None:
         notifies = ", ".join(name_of(NotifyType, n) for n in answer.notify_types) or "none"

@@ -96,7 +96,10 @@ def _bind_error_message(listener: Listener, exc: OSError) -> str:
     elif exc.errno == errno.EADDRINUSE:
         message += "; another process (or another fastredir) already uses it"
     elif exc.errno == errno.EADDRNOTAVAIL:
-        message += "; the address is not configured on this host (mark it anycast to bind it anyway)"
+        message += (
+            "; the address is not configured on this host (to bind it before it is, "
+            "set 'anycast: true' on this listen entry of a configuration file)"
+        )
     return message
 
 
@@ -206,10 +209,11 @@ def describe_startup(config: Config, table, implementation) -> None:
             gateway.weight,
             100.0 * share / max(table.size, 1),
         )
+    batching = f"batch {config.batch}" if implementation.IMPLEMENTATION == "cython" else "one datagram at a time"
     log.info(
-        "fast path: %s, batch %d, %d worker%s, configuration from %s",
+        "fast path: %s, %s, %d worker%s, configuration from %s",
         implementation.IMPLEMENTATION,
-        config.batch,
+        batching,
         config.workers,
         "" if config.workers == 1 else "s",
         config.source,
