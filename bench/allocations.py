@@ -27,7 +27,7 @@ from bench import load
 from bench.systems import GATEWAY
 from fastredir import _fastpath
 from fastredir.config import Listener, load_default, parse_gateway_option, with_overrides
-from fastredir.server import open_socket
+from fastredir.sockets import open_socket
 from fastredir.verdict import Verdict
 
 # Python blocks that the driving code may hold at the second reading but

@@ -24,6 +24,7 @@ from fastredir.ikev2 import IKE_PORT
 from fastredir.logsetup import configure_logging
 from fastredir.message import GatewayIdentity
 
+DEFAULT_CONFIG_PATH = "/etc/fastredir/fastredir.yaml"
 EXIT_OK = 0
 EXIT_FAILURE = 1  # invalid configuration, cannot bind, no answer
 EXIT_USAGE = 2  # argparse's own status for bad arguments
@@ -133,6 +134,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="prefix the request with the non-ESP marker, as on port 4500 (the default for port 4500)",
     )
     probe.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    for name, summary in (
+        ("status", "show gateways, health, load, drain state and counters of a running instance"),
+        ("drain", "stop sending new clients to a gateway, on every worker, at once"),
+        ("undrain", "send new clients to a drained gateway again"),
+        ("reload", "make a running instance reread its configuration file (as SIGHUP does)"),
+    ):
+        command = commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+        if name in ("drain", "undrain"):
+            command.add_argument("gateway", metavar="GATEWAY", help="the gateway's address or name, as configured")
+        endpoint = command.add_mutually_exclusive_group()
+        endpoint.add_argument(
+            "--control",
+            metavar="PATH|ADDR:PORT",
+            help="the instance's control endpoint: a unix socket path or a loopback address and port",
+        )
+        endpoint.add_argument(
+            "--config",
+            metavar="FILE",
+            help=f"read the control endpoint from this configuration file (default: {DEFAULT_CONFIG_PATH})",
+        )
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print the status as one JSON object")
     return parser
 
 
@@ -149,7 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     implementation = select_implementation(pure=True if args.pure_python else None)
     try:
-        return serve(config, implementation)
+        return serve(config, implementation, args.config, (args.listen, args.gateway))
     except ConfigError as exc:
         print(f"fastredir: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -226,6 +250,47 @@ def _outcome_json(outcome) -> dict:
     return result
 
 
+def _control_endpoint(args: argparse.Namespace) -> str:
+    if args.control:
+        return args.control
+    path = args.config or DEFAULT_CONFIG_PATH
+    config = load_config(path)
+    if config.control.socket:
+        return config.control.socket
+    if config.control.address:
+        host, port = config.control.address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    raise ConfigError(f"{path}: no control endpoint configured; add control.socket, or give --control")
+
+
+def _command(args: argparse.Namespace) -> int:
+    from fastredir.control import ControlError, send_command
+    from fastredir.status import format_status
+
+    try:
+        endpoint = _control_endpoint(args)
+        request = {"command": args.command}
+        if args.command in ("drain", "undrain"):
+            request["gateway"] = args.gateway
+        reply = send_command(endpoint, request)
+    except (ConfigError, ControlError) as exc:
+        print(f"fastredir {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not reply.get("ok"):
+        print(f"fastredir {args.command}: {reply.get('error', 'failed')}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.command == "status":
+        if args.json:
+            print(json.dumps(reply["status"]))
+        else:
+            print(format_status(reply["status"]))
+    elif args.command == "reload":
+        print("reload done")
+    else:
+        print(f"{reply['gateway']} {args.command}ed")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -233,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "check-config":
             return _check_config(args)
-        return _probe(args)
+        if args.command == "probe":
+            return _probe(args)
+        return _command(args)
     except BrokenPipeError:
         # The reader of our output went away (`fastredir probe ... | head`);
         # point stdout at /dev/null so the exit-time flush cannot fail again.

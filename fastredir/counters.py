@@ -77,3 +77,17 @@ class CounterReader:
     def answered(self) -> int:
         totals = self.verdicts()
         return totals[Verdict.REDIRECTED] + totals[Verdict.REDIRECTED_OVERFLOW]
+
+
+def summary_line(verdicts: list[int], per_gateway: dict[str, int] | None = None, slow: dict[str, int] | None = None) -> str:
+    """Return one log line: datagrams received, then each verdict that is
+    not zero (redirected always), then answers per gateway."""
+    parts = [f"received={sum(verdicts)}"]
+    for verdict in Verdict:
+        if verdicts[verdict] or verdict == Verdict.REDIRECTED:
+            parts.append(f"{verdict.label}={verdicts[verdict]}")
+    for name, count in sorted((per_gateway or {}).items()):
+        parts.append(f"to[{name}]={count}")
+    for name, count in sorted((slow or {}).items()):
+        parts.append(f"slow[{name}]={count}")
+    return " ".join(parts)

@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from fastredir import server
+from fastredir import sockets as server
 from fastredir.config import Listener
 from fastredir.selection import Gateway, KeyMode, build_table
 from fastredir.verdict import VERDICT_COUNT, Verdict
