@@ -44,6 +44,23 @@ class ServeProcess:
                     self.output += chunk.decode("utf-8", "replace")
         return self
 
+    def wait_for(self, text: str, count: int = 1, timeout: float = 15.0) -> None:
+        """Read output until `text` appears `count` times."""
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            while self.output.count(text) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.process.poll() is not None:
+                    raise RuntimeError(f"{text!r} did not appear in fastredir's output:\n{self.output}")
+                if selector.select(remaining):
+                    chunk = os.read(self.process.stdout.fileno(), 65536)
+                    self.output += chunk.decode("utf-8", "replace")
+
+    def stop_and_output(self) -> str:
+        self.stop()
+        return self.output
+
     def stop(self, timeout: float = 10.0) -> int | None:
         """Send SIGTERM, wait, and collect the rest of the output."""
         if self.process is None:
