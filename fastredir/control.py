@@ -128,6 +128,10 @@ def stop_server(server, config) -> None:
             os.unlink(config.socket)
         except FileNotFoundError:
             pass
+        except PermissionError:
+            # After dropping privileges the folder may not be ours; the
+            # next start removes the stale socket.
+            log.info("cannot remove the control socket %s (no permission); it is removed at the next start", config.socket)
 
 
 def send_command(endpoint: str, request: dict, timeout: float = 65.0) -> dict:
