@@ -179,8 +179,13 @@ class Controller:
                 with self.lock:
                     requests, self._reload_requests = self._reload_requests, []
                 for done, outcome in requests:
-                    outcome.append(self._reload())
-                    done.set()
+                    try:
+                        outcome.append(self._reload())
+                    except Exception as exc:  # answer the requester, keep running
+                        log.exception("reload failed")
+                        outcome.append(f"internal error: {exc}")
+                    finally:
+                        done.set()
                 with self.lock:
                     self.pool.state_changed = True  # loads may have expired
                     self._publish()
@@ -193,6 +198,10 @@ class Controller:
         gateways changed, else a new state when loads or flags changed."""
         now = time.monotonic()
         if self.pool.membership_changed:
+            # First mark the gateways that left as unusable in the current
+            # table, which takes effect at once; then rebuild.
+            self.table = self.pool.with_state(self.table, now)
+            self._send(("state", self.generation, self.table.state))
             self.table = self.pool.build_table(now)
             self.generation += 1
             self.rebuilds += 1

@@ -198,7 +198,11 @@ class GatewayPool:
         """Return `table` with flags and scores of the current state."""
         flags, scores = [], []
         for gateway in table.gateways:
-            status = self.statuses[gateway.name]
+            status = self.statuses.get(gateway.name)
+            if status is None:  # removed by a reload: unusable until the rebuild
+                flags.append(0)
+                scores.append(MAX_SCORE)
+                continue
             load = self.effective_load(status, now)
             limit = status.config.limit
             full = limit is not None and load >= limit
