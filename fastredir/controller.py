@@ -181,7 +181,7 @@ class Controller:
                 for done, outcome in requests:
                     try:
                         outcome.append(self._reload())
-                    except Exception as exc:  # answer the requester, keep running
+                    except Exception as exc:  # reply to the requester, keep running
                         log.exception("reload failed")
                         outcome.append(f"internal error: {exc}")
                     finally:

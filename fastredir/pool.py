@@ -35,7 +35,7 @@ SCORE_SCALE = 1 << 20  # a score is load / capacity, in units of 2**-20
 
 @dataclass
 class GatewayStatus:
-    """What is known of one gateway."""
+    """Health, drain and load state of one gateway."""
 
     config: GatewayConfig
     counter_id: int

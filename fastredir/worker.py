@@ -27,7 +27,7 @@ from fastredir.ikev2 import ExchangeType, name_of
 
 log = logging.getLogger("fastredir")
 
-RUN_SLICE_MS = 200  # longest time the loop runs before Python looks at signals
+RUN_SLICE_MS = 200  # maximum time the loop runs before Python checks signals and messages
 _FRAME = struct.Struct("!II")  # body length, number of file descriptors
 
 
@@ -150,7 +150,7 @@ class SlowPath:
 
 
 class Worker:
-    """Runs the fast-path loop on one set of sockets until told to stop.
+    """Runs the fast-path loop on one set of sockets until `stopping` is set.
 
     `entries` lists (listener, listener id, socket); `counters` is this
     worker's counter region.
