@@ -27,6 +27,14 @@ from fastredir.worker import LocalLink, ProcessLink, Worker
 log = logging.getLogger("fastredir")
 
 RESTART_DELAY = 1.0  # seconds before a dead worker is started again
+# Signals that only the main thread may take: Python runs handlers in the
+# main thread alone, so one delivered to another thread could wait there
+# unhandled while the main thread sleeps in a system call.
+MAIN_THREAD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+def _main_thread_takes_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, MAIN_THREAD_SIGNALS)
 
 
 def describe_startup(config: Config, table, implementation) -> None:
@@ -87,6 +95,9 @@ def drop_privileges(user: str | None, group: str | None, paths: list[str]) -> No
 
 def serve(config: Config, implementation, config_path: str | None = None, overrides: tuple = (None, None)) -> int:
     """Run the redirector until SIGTERM or SIGINT; return the exit status."""
+    # Every thread started from here on inherits the blocked signals; the
+    # main thread unblocks them once the threads run.
+    signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
     memory = layout.allocate(config.workers)
     controller = Controller(config, config_path, overrides, memory)
     controller.bind()
@@ -146,6 +157,7 @@ def _serve_in_process(controller: Controller, implementation, memory) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, lambda *_: _reload_on_signal(controller))
     controller.start()
+    _main_thread_takes_signals()
     worker.run()
     controller.stop()
     line = controller.summary()
@@ -215,6 +227,7 @@ class Supervisor:
                 worker.stopping = True
 
             signal.signal(signal.SIGTERM, stop)
+            _main_thread_takes_signals()
             worker.run()
             log.info("worker %d: final counters: %s", worker_id, worker.final_summary())
             status = 0
@@ -241,6 +254,7 @@ class Supervisor:
         for worker_id in range(self.controller.config.workers):
             self._start(worker_id)
         self.controller.start()
+        _main_thread_takes_signals()
         while self.children:
             try:
                 pid, status = os.wait()

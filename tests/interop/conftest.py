@@ -1,13 +1,17 @@
 """Fixtures for the strongSwan interoperability tests.
 
 The tests skip when the machine cannot run the lab (not root, no network
-namespaces, strongSwan not installed). With FASTREDIR_REQUIRE_INTEROP=1 in
-the environment, as CI sets it, those conditions fail the tests instead.
+namespaces, strongSwan not installed) or, for tests that use the C load
+generator, cannot build it (no C compiler, no dpkt). With
+FASTREDIR_REQUIRE_INTEROP=1 in the environment, as CI sets it, those
+conditions fail the tests instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -52,15 +56,62 @@ def missing_prerequisite() -> str | None:
     return None
 
 
+def skip_or_fail(reason: str) -> None:
+    """Skip the test, or fail it under FASTREDIR_REQUIRE_INTEROP=1."""
+    if os.environ.get(REQUIRE_INTEROP_VARIABLE) == "1":
+        pytest.fail(f"interop test cannot run: {reason} ({REQUIRE_INTEROP_VARIABLE}=1 is set)")
+    pytest.skip(f"interop test cannot run: {reason}")
+
+
 @pytest.fixture(scope="session")
 def interop_prerequisites() -> None:
     """Skip, or fail under FASTREDIR_REQUIRE_INTEROP=1, when the lab cannot run."""
     reason = missing_prerequisite()
-    if reason is None:
-        return
-    if os.environ.get(REQUIRE_INTEROP_VARIABLE) == "1":
-        pytest.fail(f"interop test cannot run: {reason} ({REQUIRE_INTEROP_VARIABLE}=1 is set)")
-    pytest.skip(f"interop test cannot run: {reason}")
+    if reason is not None:
+        skip_or_fail(reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadGenerator:
+    """The compiled C load generator of bench/ and the request it replays."""
+
+    binary: Path
+    template: Path
+    nonce_offset: int
+    nonce_length: int
+
+
+def missing_load_generator_prerequisite() -> str | None:
+    """Return why the load generator cannot be built here, or None when it can."""
+    from bench.native import BuildError, compiler
+
+    try:
+        compiler()
+    except BuildError as error:
+        return str(error)
+    # bench/template.py reads the recorded request with dpkt.
+    if importlib.util.find_spec("dpkt") is None:
+        return "dpkt is not installed; install the test extras: pip install -e '.[test]'"
+    return None
+
+
+@pytest.fixture(scope="session")
+def load_generator(interop_prerequisites, tmp_path_factory: pytest.TempPathFactory) -> LoadGenerator:
+    """The load generator, compiled once per session.
+
+    A missing compiler or dpkt skips the test, or fails it under
+    FASTREDIR_REQUIRE_INTEROP=1. A failed compilation always fails it.
+    """
+    reason = missing_load_generator_prerequisite()
+    if reason is not None:
+        skip_or_fail(reason)
+    from bench.native import build
+    from bench.template import write_template
+
+    directory = tmp_path_factory.mktemp("loadgen")
+    binary = build("loadgen", directory)
+    template, nonce_offset, nonce_length = write_template(directory)
+    return LoadGenerator(binary, template, nonce_offset, nonce_length)
 
 
 @pytest.fixture

@@ -385,6 +385,14 @@ class Lab:
                 )
             time.sleep(0.05)
 
+    def add_ipv4_addresses(self, host: str, addresses: Iterable[str]) -> None:
+        """Add more IPv4 addresses to the host's lab interface, in the lab's /24."""
+        interface = self.interface(host)
+        for address in addresses:
+            self._ip(
+                self.namespace(host), "addr", "add", f"{address}/{PREFIX_LENGTH_V4}", "dev", interface
+            )
+
     def write_hosts_file(self, host: str, names: Mapping[str, Iterable[str]]) -> Path:
         """Give the host its own /etc/hosts with `names` mapped to addresses.
 
@@ -435,13 +443,43 @@ class Lab:
         )
         self.strongswan[host] = instance
         self._wait_for_vici(instance, timeout)
-        result = self.swanctl(host, ["--load-all", "--file", str(swanctl_conf_path)], check=False)
+        self._load_swanctl_conf(instance)
+        return instance
+
+    def restart_strongswan(self, host: str, *, timeout: float = 10.0) -> CharonInstance:
+        """Start charon-systemd again on a host whose charon was stopped, with the same files.
+
+        The new charon overwrites the charon log (`append = no`), and its
+        output goes to `<workdir>/<host>-charon-restart<N>.log`.
+        """
+        old = self.strongswan[host]
+        if old.process.is_running():
+            raise LabError(f"charon in {host} is still running (pid {old.process.pid}); stop it first")
+        restarts = sum(
+            process.host == host and process.name.startswith("charon-restart")
+            for process in self.processes
+        )
+        process = self.spawn(
+            host,
+            ["charon-systemd"],
+            f"charon-restart{restarts + 1}",
+            env={"STRONGSWAN_CONF": str(old.conf_path)},
+        )
+        instance = dataclasses.replace(old, process=process)
+        self.strongswan[host] = instance
+        self._wait_for_vici(instance, timeout)
+        self._load_swanctl_conf(instance)
+        return instance
+
+    def _load_swanctl_conf(self, instance: CharonInstance) -> None:
+        result = self.swanctl(
+            instance.host, ["--load-all", "--file", str(instance.swanctl_conf_path)], check=False
+        )
         if result.returncode != 0:
             raise LabError(
-                f"swanctl --load-all in {host} failed with status {result.returncode}:\n"
+                f"swanctl --load-all in {instance.host} failed with status {result.returncode}:\n"
                 f"{result.stdout}{result.stderr}"
             )
-        return instance
 
     def _wait_for_vici(self, instance: CharonInstance, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -149,6 +149,7 @@ CLIENT_CHARON_OPTIONS = {
 CLIENT_CONNECTIONS = {
     "gw1-v4": ClientConnection("192.0.2.11"),
     "gw1-v6": ClientConnection("2001:db8::11"),
+    "gw2-v4": ClientConnection("192.0.2.12"),
     "redirect-v4": ClientConnection("192.0.2.1"),
     "redirect-v6": ClientConnection("2001:db8::1"),
     # Sends from port 4500 to port 4500, so IKE messages carry the non-ESP marker.
