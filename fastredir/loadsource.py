@@ -60,7 +60,7 @@ def read_vici(location: str, timeout: float) -> int:
         total = int(ike_sas["total"])
         half_open = int(ike_sas.get("half-open", 0))
     except (KeyError, TypeError, ValueError) as exc:
-        raise LoadError(f"VICI {location}: unexpected stats answer ({exc})") from None
+        raise LoadError(f"VICI {location}: unexpected stats response ({exc})") from None
     return max(total - half_open, 0)
 
 
@@ -73,13 +73,13 @@ def read_http(url: str, field: str, timeout: float) -> int:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise LoadError(f"{url}: {exc}") from None
     if len(body) > MAX_HTTP_BYTES:
-        raise LoadError(f"{url}: answer larger than {MAX_HTTP_BYTES} bytes")
+        raise LoadError(f"{url}: response larger than {MAX_HTTP_BYTES} bytes")
     try:
         value = json.loads(body)
         for key in field.split("."):
             value = value[key]
     except (ValueError, KeyError, TypeError, IndexError):
-        raise LoadError(f"{url}: no number at {field!r} in the JSON answer") from None
+        raise LoadError(f"{url}: no number at {field!r} in the JSON response") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise LoadError(f"{url}: {field!r} is {value!r}, not a count of IKE SAs")
     return int(value)
