@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+import yaml
+
 from fastredir import __version__
 from fastredir.config import (
     Config,
@@ -126,8 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--no-redirect-supported",
         action="store_true",
-        help="leave out REDIRECT_SUPPORTED, as a client without redirect support does",
+        help="leave out REDIRECT_SUPPORTED, as a client without redirect support does; "
+        "then no answer is correct (exit 0) and a REDIRECT is not (exit 1)",
     )
+    probe.add_argument("--source", metavar="ADDR", help="local address to send from (default: chosen by routing)")
     probe.add_argument(
         "--nat-t",
         action="store_true",
@@ -154,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--config",
             metavar="FILE",
             help=f"read the control endpoint from this configuration file (default: {DEFAULT_CONFIG_PATH})",
+        )
+        default_timeout = 60.0 if name == "reload" else 10.0
+        command.add_argument(
+            "--timeout",
+            type=_positive_float,
+            default=default_timeout,
+            help=f"seconds to wait for the instance (default {default_timeout:g})",
         )
         if name == "status":
             command.add_argument("--json", action="store_true", help="print the status as one JSON object")
@@ -187,10 +198,14 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"fastredir: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     print(
-        f"{args.file}: valid: {len(config.listeners)} listeners, {len(config.gateways)} gateways, "
-        f"{config.workers} worker{'s' if config.workers != 1 else ''}"
+        f"{args.file}: valid: {_count(len(config.listeners), 'listener')}, "
+        f"{_count(len(config.gateways), 'gateway')}, {_count(config.workers, 'worker')}"
     )
     return EXIT_OK
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -210,6 +225,7 @@ def _probe(args: argparse.Namespace) -> int:
             nat_t=True if args.nat_t else None,
             redirect_supported=not args.no_redirect_supported,
             redirected_from=args.redirected_from,
+            source=args.source,
         )
     except OSError as exc:
         print(f"fastredir probe: cannot send to {args.target}: {exc}", file=sys.stderr)
@@ -219,6 +235,12 @@ def _probe(args: argparse.Namespace) -> int:
         print(json.dumps(_outcome_json(outcome)))
     else:
         print("\n".join(format_outcome(outcome)))
+    if args.no_redirect_supported and args.redirected_from is None:
+        # RFC 5685 section 3: no REDIRECT for a client that did not offer support.
+        if not args.json:
+            print("no REDIRECT is correct for a client without REDIRECT_SUPPORTED" if answer is None or answer.redirect is None
+                  else "invalid: a REDIRECT to a client that did not send REDIRECT_SUPPORTED")
+        return EXIT_OK if answer is None or answer.redirect is None else EXIT_FAILURE
     return EXIT_OK if answer is not None and answer.is_valid_redirect else EXIT_FAILURE
 
 
@@ -251,15 +273,23 @@ def _outcome_json(outcome) -> dict:
 
 
 def _control_endpoint(args: argparse.Namespace) -> str:
+    """Return the control endpoint from --control, or the control section
+    of the configuration file.  Only that section is read, so the
+    commands work while the rest of the file is being fixed."""
     if args.control:
         return args.control
     path = args.config or DEFAULT_CONFIG_PATH
-    config = load_config(path)
-    if config.control.socket:
-        return config.control.socket
-    if config.control.address:
-        host, port = config.control.address
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        with open(path, encoding="utf-8") as stream:
+            document = yaml.safe_load(stream)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the control endpoint from {path} ({exc}); give --control instead") from None
+    control = document.get("control") if isinstance(document, dict) else None
+    if isinstance(control, dict):
+        if isinstance(control.get("socket"), str):
+            return control["socket"]
+        if isinstance(control.get("address"), str):
+            return control["address"]
     raise ConfigError(f"{path}: no control endpoint configured; add control.socket, or give --control")
 
 
@@ -272,7 +302,7 @@ def _command(args: argparse.Namespace) -> int:
         request = {"command": args.command}
         if args.command in ("drain", "undrain"):
             request["gateway"] = args.gateway
-        reply = send_command(endpoint, request)
+        reply = send_command(endpoint, request, timeout=args.timeout)
     except (ConfigError, ControlError) as exc:
         print(f"fastredir {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -285,7 +315,9 @@ def _command(args: argparse.Namespace) -> int:
         else:
             print(format_status(reply["status"]))
     elif args.command == "reload":
-        print("reload done")
+        print(f"reload done from {reply.get('config', 'the configuration file')}")
+        for warning in reply.get("warnings", []):
+            print(f"warning: {warning}")
     else:
         print(f"{reply['gateway']} {args.command}ed")
     return EXIT_OK

@@ -138,6 +138,7 @@ class ControlConfig:
 
     socket: str | None = None
     address: tuple[str, int] | None = None
+    group: str | None = None  # group that may use the unix socket besides its owner
 
     @property
     def enabled(self) -> bool:
@@ -571,14 +572,20 @@ def _health(walker: _Walker, node: yaml.Node) -> HealthConfig | None:
             "port": lambda n, p: walker.integer(n, p, 1, 65535),
         },
     )
+    if health is not None and health.timeout > health.interval and not _has_key(node, "timeout"):
+        health = replace(health, timeout=health.interval)  # the default timeout fits the interval
     if health is not None and health.timeout > health.interval:
         walker.error(node, "health.timeout", f"{health.timeout:g} s is longer than the interval {health.interval:g} s")
         return None
     return health
 
 
+def _has_key(node: yaml.Node, key: str) -> bool:
+    return isinstance(node, yaml.MappingNode) and any(k.value == key for k, _ in node.value)
+
+
 def _load(walker: _Walker, node: yaml.Node) -> LoadConfig | None:
-    return _section(
+    load = _section(
         walker,
         node,
         "load",
@@ -590,6 +597,22 @@ def _load(walker: _Walker, node: yaml.Node) -> LoadConfig | None:
             "default": lambda n, p: walker.integer(n, p, 0, MAX_LOAD),
         },
     )
+    if load is None:
+        return None
+    if load.timeout > load.interval and not _has_key(node, "timeout"):
+        load = replace(load, timeout=load.interval)  # the default timeout fits the interval
+    if load.timeout > load.interval:
+        walker.error(node, "load.timeout", f"{load.timeout:g} s is longer than the interval {load.interval:g} s")
+        return None
+    if load.max_age <= load.interval:
+        walker.error(
+            node,
+            "load.max_age",
+            f"{load.max_age:g} s expires each reading before the next poll ({load.interval:g} s); "
+            "make it at least two intervals",
+        )
+        return None
+    return load
 
 
 def parse_loopback_address(text: str) -> tuple[str, int]:
@@ -618,10 +641,14 @@ def _control(walker: _Walker, node: yaml.Node) -> ControlConfig | None:
         {
             "socket": lambda n, p: walker.text(n, p, _absolute_path),
             "address": lambda n, p: walker.text(n, p, parse_loopback_address),
+            "group": lambda n, p: walker.text(n, p, _name),
         },
     )
     if control is not None and control.socket is not None and control.address is not None:
         walker.error(node, "control", "give either socket or address, not both")
+        return None
+    if control is not None and control.group is not None and control.socket is None:
+        walker.error(node, "control.group", "applies to a unix socket; set control.socket")
         return None
     return control
 
@@ -825,6 +852,16 @@ def check_consistency(config: Config) -> list[tuple[str, str]]:
                     "clients would be redirected back to this redirector",
                 )
             )
+    sized = [g for g in config.gateways if g.capacity is not None or g.high_water is not None]
+    if sized and len(sized) != len(config.gateways):
+        unsized = next(i for i, g in enumerate(config.gateways) if g not in sized)
+        problems.append(
+            (
+                f"gateways[{unsized}]",
+                f"has no capacity while {len(sized)} other gateways have one; loads are compared "
+                "relative to capacity, so set it on every gateway or on none",
+            )
+        )
     if len(config.gateways) > MAX_GATEWAYS:
         problems.append(("gateways", f"at most {MAX_GATEWAYS} gateways, not {len(config.gateways)}"))
     size = config.selection.table_size

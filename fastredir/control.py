@@ -14,6 +14,7 @@ import os
 import socket
 import socketserver
 import stat
+import sys
 import threading
 
 log = logging.getLogger("fastredir")
@@ -38,8 +39,10 @@ def handle_request(controller, line: bytes) -> dict:
     if command == "status":
         return {"ok": True, "status": controller.status()}
     if command == "reload":
-        problem = controller.request_reload(wait=True)
-        return {"ok": True} if not problem else {"ok": False, "error": f"reload refused: {problem}"}
+        problem, warnings = controller.request_reload(wait=True)
+        if problem:
+            return {"ok": False, "error": f"reload refused: {problem}"}
+        return {"ok": True, "config": controller.config_path, "warnings": warnings}
     gateway = request.get("gateway")
     if not isinstance(gateway, str) or not gateway:
         return {"ok": False, "error": f"{command} needs a gateway name"}
@@ -66,11 +69,18 @@ class _Handler(socketserver.StreamRequestHandler):
         self.wfile.write(json.dumps(reply).encode() + b"\n")
 
 
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class _QuietErrors:
+    """Log a client that went away as one line, not a traceback on stderr."""
+
+    def handle_error(self, request, client_address) -> None:
+        log.warning("control request failed: %s", sys.exc_info()[1])
+
+
+class _UnixServer(_QuietErrors, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
-class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+class _TcpServer(_QuietErrors, socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
@@ -87,6 +97,14 @@ def start_server(controller, config) -> socketserver.BaseServer:
             server: socketserver.BaseServer = _UnixServer(config.socket, _Handler)
         finally:
             os.umask(old_umask)
+        if config.group is not None:
+            import grp
+
+            try:
+                os.chown(config.socket, -1, grp.getgrnam(config.group).gr_gid)
+            except KeyError:
+                server.server_close()
+                raise OSError(f"control.group: no group {config.group!r}") from None
         where = config.socket
     else:
         host, port = config.address
@@ -137,18 +155,17 @@ def stop_server(server, config) -> None:
 def send_command(endpoint: str, request: dict, timeout: float = 65.0) -> dict:
     """Send one request to a control endpoint (a socket path, or
     HOST:PORT) and return the reply; raise ControlError."""
-    try:
-        if endpoint.startswith("/") or endpoint.startswith("."):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            address: object = endpoint
-        else:
-            from fastredir.config import parse_loopback_address
+    from fastredir.config import parse_loopback_address
 
-            host, port = parse_loopback_address(endpoint)
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-            address = (host, port)
-    except ValueError as exc:
-        raise ControlError(str(exc)) from None
+    try:
+        host, port = parse_loopback_address(endpoint)
+    except ValueError:
+        # Not ADDRESS:PORT on loopback: a unix socket path.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address: object = endpoint
+    else:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        address = (host, port)
     with sock:
         sock.settimeout(timeout)
         try:

@@ -11,6 +11,7 @@ high-water marks change, runs reloads and logs the counters.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import replace
@@ -153,18 +154,18 @@ class Controller:
             self._publish()
             return status.name
 
-    def request_reload(self, wait: bool = False, timeout: float = 60.0) -> str | None:
+    def request_reload(self, wait: bool = False, timeout: float = 60.0) -> tuple[str, list[str]]:
         """Ask the housekeeping thread to reload; with `wait`, return its
-        outcome ("" when done, else why it was refused)."""
+        outcome: ("" when done, else why it was refused) and warnings."""
         done = threading.Event()
         outcome: list = []
         with self.lock:
             self._reload_requests.append((done, outcome))
         self._wake.set()
         if not wait:
-            return None
+            return "", []
         if not done.wait(timeout):
-            return f"the reload did not finish within {timeout:g} s"
+            return f"the reload did not finish within {timeout:g} s", []
         return outcome[0]
 
     # -- the housekeeping thread ----------------------------------------
@@ -183,7 +184,7 @@ class Controller:
                         outcome.append(self._reload())
                     except Exception as exc:  # reply to the requester, keep running
                         log.exception("reload failed")
-                        outcome.append(f"internal error: {exc}")
+                        outcome.append((f"internal error: {exc}", []))
                     finally:
                         done.set()
                 with self.lock:
@@ -243,19 +244,22 @@ class Controller:
 
     # -- reload ---------------------------------------------------------
 
-    def _reload(self) -> str:
-        """Reread, check and apply the configuration file; return "" or
-        why the reload was refused."""
+    def _reload(self) -> tuple[str, list[str]]:
+        """Reread, check and apply the configuration file; return ("" or
+        why the reload was refused, warnings)."""
+        warnings: list[str] = []
         try:
-            self._apply_reload()
+            self._apply_reload(warnings)
         except ReloadRefused as exc:
             self.reloads["refused"] += 1
             log.error("reload refused, the running configuration stays: %s", exc)
-            return str(exc)
+            return str(exc), []
+        for warning in warnings:
+            log.warning("reload: %s", warning)
         self.reloads["done"] += 1
-        return ""
+        return "", warnings
 
-    def _apply_reload(self) -> None:
+    def _apply_reload(self, warnings: list[str]) -> None:
         if self.config_path is None:
             raise ReloadRefused("there is no configuration file to reread (serve runs on the embedded default)")
         try:
@@ -267,7 +271,7 @@ class Controller:
             old = self.config
             for key in RESTART_ONLY:
                 if getattr(new, key) != getattr(old, key):
-                    log.warning("reload: %s changed; that takes effect only after a restart", key)
+                    warnings.append(f"{key} changed; that takes effect only after a restart")
                     new = replace(new, **{key: getattr(old, key)})
             new_sets, added, removed = self._rebind(old, new)
             try:
@@ -292,7 +296,9 @@ class Controller:
                     # Worker processes hold their own descriptors; in one
                     # process the worker closes these after its swap.
                     close_all(retired)
-            self.pool.membership_changed = True
+            if new.gateways == old.gateways and new.selection == old.selection:
+                # Same table: keep it and its generation; states may change.
+                pool.adopt_members(self.table)
             self._publish()
             self.reader = layout.CounterReader(
                 [layout.region(self.counter_memory, w) for w in range(self.config.workers)]
@@ -333,7 +339,10 @@ class Controller:
         except ConfigError as exc:
             for sockets in fresh_sets:
                 close_all(sockets)
-            raise ReloadRefused(str(exc)) from None
+            message = str(exc)
+            if os.geteuid() != 0 and self.config.user:
+                message += f"; fastredir runs as user {self.config.user} now, so restart it to add this listener"
+            raise ReloadRefused(message) from None
         result = []
         for worker_id in range(self.config.workers):
             fresh = dict(zip(((l.address, l.port) for l in added), fresh_sets[worker_id]))

@@ -9,6 +9,7 @@ go to the controller, which applies `fall` and `rise` through the pool.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import selectors
 import socket
@@ -45,19 +46,47 @@ def is_answer(initiator_spi: bytes, datagram: bytes, nat_t: bool) -> bool:
     )
 
 
+# Host names are resolved in these threads, all at once, so one slow
+# resolver answer delays no other gateway's probe.
+_resolver = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="resolve")
+
+
+def _resolve_all(targets: list[Target], timeout: float) -> dict[str, tuple | str]:
+    """Return, per target name, (family, address) or why it failed."""
+    futures = {
+        target.name: _resolver.submit(socket.getaddrinfo, target.host, target.port, type=socket.SOCK_DGRAM)
+        for target in targets
+    }
+    concurrent.futures.wait(futures.values(), timeout=timeout)
+    resolved: dict[str, tuple | str] = {}
+    for target in targets:
+        future = futures[target.name]
+        if not future.done():
+            resolved[target.name] = f"cannot resolve {target.host} within {timeout:g} s"
+        elif future.exception() is not None:
+            resolved[target.name] = f"cannot resolve {target.host}: {future.exception()}"
+        else:
+            family, _, _, _, address = future.result()[0]
+            resolved[target.name] = (family, address)
+    return resolved
+
+
 def probe_round(targets: list[Target], timeout: float) -> dict[str, str]:
     """Probe every target once, in parallel; return, per target name, ""
     when it answered or what went wrong."""
     results: dict[str, str] = {}
     pending: dict[socket.socket, tuple[Target, bytes, bool]] = {}
+    resolved = _resolve_all(targets, timeout)
     with selectors.DefaultSelector() as selector:
         for target in targets:
+            if isinstance(resolved[target.name], str):
+                results[target.name] = resolved[target.name]
+                continue
+            family, address = resolved[target.name]
             try:
-                infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_DGRAM)
-                family, _, _, _, address = infos[0]
                 sock = socket.socket(family, socket.SOCK_DGRAM)
             except OSError as exc:
-                results[target.name] = f"cannot resolve {target.host}: {exc}"
+                results[target.name] = f"cannot open a socket: {exc}"
                 continue
             nat_t = target.port == NAT_T_PORT
             try:
@@ -116,13 +145,13 @@ class HealthChecker(threading.Thread):
         self._report = report
         self._interval = interval
         self._timeout = timeout
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             started = time.monotonic()
             targets = self._targets()
             if targets:
@@ -130,4 +159,4 @@ class HealthChecker(threading.Thread):
                     self._report(probe_round(targets, self._timeout()))
                 except Exception:  # keep checking whatever one round did
                     log.exception("health check round failed")
-            self._stop.wait(max(0.0, started + self._interval() - time.monotonic()))
+            self._stopping.wait(max(0.0, started + self._interval() - time.monotonic()))

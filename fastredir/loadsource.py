@@ -109,16 +109,16 @@ class LoadPoller(threading.Thread):
         self._report = report
         self._interval = interval
         self._timeout = timeout
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             started = time.monotonic()
             for name, source in self._sources():
-                if self._stop.is_set():
+                if self._stopping.is_set():
                     return
                 try:
                     self._report(name, read_load(source, self._timeout()), "")
@@ -127,4 +127,4 @@ class LoadPoller(threading.Thread):
                 except Exception as exc:  # a reader bug must not end polling
                     log.exception("load poll of %s failed", name)
                     self._report(name, None, f"{type(exc).__name__}: {exc}")
-            self._stop.wait(max(0.0, started + self._interval() - time.monotonic()))
+            self._stopping.wait(max(0.0, started + self._interval() - time.monotonic()))

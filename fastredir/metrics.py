@@ -66,7 +66,10 @@ class Collector:
             "up": ("fastredir_gateway_up", "1 when the gateway's health checks pass (or are off)."),
             "drained": ("fastredir_gateway_drained", "1 when an operator drained the gateway."),
             "full": ("fastredir_gateway_full", "1 when the gateway's load is at or above its high-water mark."),
-            "in_table": ("fastredir_gateway_in_table", "1 when new clients may be sent to the gateway."),
+            "in_table": (
+                "fastredir_gateway_in_table",
+                "1 when the gateway is in the table (up and not drained); a full one still gets no new clients.",
+            ),
             "load": ("fastredir_gateway_load", "IKE SAs on the gateway, as last read or configured."),
         }
         members = {g.name for g in controller.table.gateways}

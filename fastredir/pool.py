@@ -14,6 +14,7 @@ table.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass, field
 
@@ -40,7 +41,7 @@ class GatewayStatus:
     config: GatewayConfig
     counter_id: int
     up: bool = True  # unknown counts as up until `fall` probes go unanswered
-    checked: bool = False  # at least one probe result arrived
+    confirmed: bool = False  # `rise` answers or `fall` failures in a row seen
     answered_in_row: int = 0
     unanswered_in_row: int = 0
     last_problem: str = ""
@@ -49,6 +50,7 @@ class GatewayStatus:
     load_time: float | None = None
     load_problem: str = ""
     full: bool = False
+    expired: bool = False  # the last load reading is older than load.max_age
 
     @property
     def name(self) -> str:
@@ -89,7 +91,7 @@ class GatewayPool:
             old = previous.statuses.get(gateway.name) if previous is not None else None
             if old is not None:
                 # A reload keeps what is known of a gateway that stays.
-                status.up, status.checked, status.drained = old.up, old.checked, old.drained
+                status.up, status.confirmed, status.drained = old.up, old.confirmed, old.drained
                 status.answered_in_row, status.unanswered_in_row = old.answered_in_row, old.unanswered_in_row
                 status.load, status.load_time, status.full = old.load, old.load_time, old.full
             self.statuses[gateway.name] = status
@@ -98,11 +100,17 @@ class GatewayPool:
         self._members: tuple[str, ...] = ()
 
     def find(self, name: str) -> GatewayStatus | None:
-        """Return the status of the gateway called `name` (any case, with
-        or without a trailing dot), or None."""
-        key = name.lower().rstrip(".")
+        """Return the status of the gateway called `name`: an address in
+        any notation, or a host name in any case, with or without the
+        trailing dot; or None."""
+        try:
+            key: object = ipaddress.ip_address(name.strip("[]"))
+        except ValueError:
+            key = name.lower().rstrip(".")
         for status in self.statuses.values():
-            if status.name.lower().rstrip(".") == key:
+            value = status.config.target.value
+            candidate = value if not isinstance(value, str) else value.lower().rstrip(".")
+            if candidate == key:
                 return status
         return None
 
@@ -112,10 +120,11 @@ class GatewayPool:
         """Record one health probe of gateway `name`."""
         status = self.statuses[name]
         health = self.config.health
-        status.checked = True
         if answered:
             status.answered_in_row += 1
             status.unanswered_in_row = 0
+            if status.answered_in_row >= health.rise:
+                status.confirmed = True
             if not status.up and status.answered_in_row >= health.rise:
                 status.up = True
                 log.info("gateway %s is up: %d probes in a row answered", name, status.answered_in_row)
@@ -124,6 +133,8 @@ class GatewayPool:
             status.unanswered_in_row += 1
             status.answered_in_row = 0
             status.last_problem = problem
+            if status.unanswered_in_row >= health.fall:
+                status.confirmed = True
             if status.up and status.unanswered_in_row >= health.fall:
                 status.up = False
                 log.warning(
@@ -157,6 +168,14 @@ class GatewayPool:
             log.info("gateway %s: load poll works again (%d IKE SAs)", name, load)
         status.load_problem = ""
         status.load, status.load_time = load, now
+        self.state_changed = True
+
+    def adopt_members(self, table: GatewayTable) -> None:
+        """Take `table` (built from the same gateways) as the current one:
+        no rebuild is needed unless its members differ from ours."""
+        self._members = tuple(g.name for g in table.gateways)
+        members = tuple(name for name, status in self.statuses.items() if status.member)
+        self.membership_changed = members != self._members
         self.state_changed = True
 
     def _membership_may_change(self) -> None:
@@ -196,6 +215,7 @@ class GatewayPool:
 
     def with_state(self, table: GatewayTable, now: float) -> GatewayTable:
         """Return `table` with flags and scores of the current state."""
+        self._update_full(now)
         flags, scores = [], []
         for gateway in table.gateways:
             status = self.statuses.get(gateway.name)
@@ -203,26 +223,50 @@ class GatewayPool:
                 flags.append(0)
                 scores.append(MAX_SCORE)
                 continue
-            load = self.effective_load(status, now)
-            limit = status.config.limit
-            full = limit is not None and load >= limit
-            if full != status.full:
-                status.full = full
-                if full:
-                    log.warning("gateway %s is full: load %d at or above %d; no new clients", gateway.name, load, limit)
-                else:
-                    log.info("gateway %s has room again: load %d below %d", gateway.name, load, limit)
-            flag = (USABLE if status.member else 0) | (0 if full else ROOM)
-            flags.append(flag | (ANYCAST if status.config.anycast else 0))
-            scores.append(self._score(status, load))
+            flag = USABLE if status.member else 0
+            flag |= 0 if status.full else ROOM
+            flag |= ANYCAST if status.config.anycast else 0
+            flags.append(flag)
+            scores.append(self._score(status, self.effective_load(status, now)))
         state = GatewayState.make(flags, scores, self.config.selection.overflow == "least_loaded")
         self.state_changed = False
         return GatewayTable(**{**table.__dict__, "state": state})
 
+    def _update_full(self, now: float) -> None:
+        """Compare every gateway's load with its high-water mark, and log
+        each change."""
+        for status in self.statuses.values():
+            load = self.effective_load(status, now)
+            expired = self._expired(status, now)
+            if expired != status.expired:
+                status.expired = expired
+                if expired:
+                    log.warning(
+                        "gateway %s: load reading older than %g s; assuming load.default %d until a new one",
+                        status.name,
+                        self.config.load.max_age,
+                        self.config.load.default,
+                    )
+            limit = status.config.limit
+            full = limit is not None and load >= limit
+            if full == status.full:
+                continue
+            status.full = full
+            if full:
+                log.warning("gateway %s is full: load %d at or above %d; no new clients", status.name, load, limit)
+            else:
+                log.info("gateway %s has room again: load %d below %d", status.name, load, limit)
+
+    def _expired(self, status: GatewayStatus, now: float) -> bool:
+        source = status.config.load
+        if source is None or source.kind == "static" or status.load_time is None:
+            return False
+        return now - status.load_time > self.config.load.max_age
+
     def _health_word(self, status: GatewayStatus) -> str:
         if not self.config.health.enabled:
             return "not checked"
-        if not status.checked:
+        if not status.confirmed:
             return "checking"
         return "up" if status.up else "down"
 
@@ -249,6 +293,7 @@ class GatewayPool:
                     "load": self.effective_load(status, now),
                     "load_age": age,
                     "load_problem": status.load_problem,
+                    "load_expired": status.expired,
                     "capacity": status.config.capacity,
                     "high_water": status.config.limit,
                     "full": status.full,

@@ -254,13 +254,17 @@ def run_probe(
     nat_t: bool | None = None,
     redirect_supported: bool = True,
     redirected_from: GatewayIdentity | None = None,
+    source: str | None = None,
 ) -> ProbeOutcome:
     """Send the request up to `attempts` times, `timeout` seconds apart,
-    and return the first answer that belongs to it."""
+    and return the first answer that belongs to it.  `source` is the local
+    address to send from."""
     if nat_t is None:
         nat_t = port == NAT_T_PORT
     family, sockaddr = resolve(host, port)
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        if source is not None:
+            sock.bind((source, 0))
         sock.connect(sockaddr)
         local = sock.getsockname()[:2]
         remote = sockaddr[:2]

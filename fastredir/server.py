@@ -88,8 +88,10 @@ def drop_privileges(user: str | None, group: str | None, paths: list[str]) -> No
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
-    except (KeyError, OSError) as exc:
-        raise ConfigError(f"cannot drop privileges to user {user!r}, group {group!r}: {exc}") from None
+    except KeyError as exc:
+        raise ConfigError(f"cannot drop privileges: no such user or group: {exc.args[0]}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot drop privileges to user {user or '(unchanged)'}: {exc.strerror or exc}") from None
     log.info("running as user %s (uid %d), group id %d", user or uid, uid, gid)
 
 
@@ -169,7 +171,7 @@ def _serve_in_process(controller: Controller, implementation, memory) -> int:
 
 def _reload_on_signal(controller: Controller) -> None:
     log.info("received SIGHUP, reloading %s", controller.config_path or "(no file)")
-    controller.request_reload()
+    controller.request_reload()  # its outcome is logged
 
 
 class Supervisor:

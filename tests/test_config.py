@@ -584,3 +584,30 @@ def test_unprintable_key_escaped(tmp_path):
 def test_gateway_option_not_unicast(text):
     with pytest.raises(ValueError):
         parse_gateway_option(text)
+
+
+@pytest.mark.parametrize(
+    "extra, key_path, problem",
+    [
+        ("load: {interval: 5, timeout: 6}\n", "load.timeout", "longer than the interval"),
+        ("load: {interval: 5, max_age: 4}\n", "load.max_age", "expires each reading before the next poll"),
+        ("health: {interval: 1, timeout: 2}\n", "health.timeout", "longer than the interval"),
+        ("control: {address: 127.0.0.1:9501, group: adm}\n", "control.group", "set control.socket"),
+    ],
+)
+def test_timing_and_control_checks(tmp_path, extra, key_path, problem):
+    path, message = load_error(tmp_path, MINIMAL + extra)
+    assert f": {key_path}: " in message
+    assert problem in message
+
+
+def test_default_timeouts_fit_short_intervals(tmp_path):
+    config = load_config(write_config(tmp_path, MINIMAL + "load: {interval: 0.5}\nhealth: {interval: 0.5}\n"))
+    assert config.load.timeout == 0.5
+    assert config.health.timeout == 0.5
+
+
+def test_capacity_on_all_or_none(tmp_path):
+    text = "listen: [{address: 192.0.2.1}]\ngateways:\n  - {target: 192.0.2.11, capacity: 10}\n  - 192.0.2.12\n"
+    path, message = load_error(tmp_path, text)
+    assert_error(message, path, 4, "gateways[1]", "has no capacity while 1 other gateways have one")

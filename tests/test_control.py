@@ -200,3 +200,45 @@ def test_dead_worker_restarted(tmp_path):
     assert answered >= len(SOURCES) // 4
     assert answered_after == len(SOURCES)
     assert f"worker 0 (pid {pids[0]}) exited with status -9; restarting it in 1 s" in output
+
+
+def test_commands_find_endpoint_in_broken_file(instance):
+    # While the rest of the file is being fixed, its control section still
+    # leads the commands to the instance, and a refused reload is counted.
+    process, port, control, metrics_port, path, workers = instance
+    path.write_text(config_text(port, Path(control), metrics_port, workers).replace("  - 192.0.2.12\n", "  - target: 192.0.2.12\n    weight: 0\n"))
+    refused = fastredir("reload", "--config", str(path))
+    assert refused.returncode == 1
+    assert "gateways[1].weight: must be an integer from 1 to 65535, not 0" in refused.stderr
+    current = json.loads(fastredir("status", "--config", str(path), "--json").stdout)
+    assert current["reloads"] == {"done": 0, "refused": 1}
+
+
+def test_unchanged_reload_keeps_table(instance):
+    _, _, control, *_ = instance
+    before = status(control)["generation"]
+    done = fastredir("reload", "--control", control)
+    assert done.returncode == 0, done.stderr
+    assert status(control)["generation"] == before
+
+
+def test_relative_control_path(instance, monkeypatch):
+    _, _, control, *_ = instance
+    directory, name = os.path.split(control)
+    result = subprocess.run(
+        [sys.executable, "-m", "fastredir", "status", "--control", name],
+        cwd=directory,
+        env={**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_probe_from_source(instance):
+    _, port, control, *_ = instance
+    result = fastredir("probe", f"127.0.0.1:{port}", "--source", "127.0.0.77", "--json")
+    assert result.returncode == 0, result.stderr
+    expected = ask(port, "127.0.0.77")
+    assert json.loads(result.stdout)["redirect"]["gateway"] == expected

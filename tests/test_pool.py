@@ -27,7 +27,7 @@ CONFIG = """
 listen: [{address: 192.0.2.1}]
 gateways:
   - {target: 192.0.2.11, capacity: 100, high_water: 80}
-  - {target: 192.0.2.12, capacity: 100}
+  - {target: 192.0.2.12, capacity: 100, load: {http: "http://127.0.0.1:1/load"}}
   - {target: gw3.example.net, load: {static: 40}, capacity: 100}
 health: {enabled: true, interval: 1, timeout: 0.5, fall: 3, rise: 2}
 load: {max_age: 10, default: 5}
@@ -203,3 +203,44 @@ def test_removing_gateway_moves_few_clients():
         moved += old != new
         stayed += 1
     assert moved / stayed <= 1.2 / 8
+
+
+def test_health_checking_until_confirmed():
+    pool = make_pool()
+    status = pool.statuses["192.0.2.11"]
+    health = lambda: pool.snapshot(0.0)[0]["health"]  # noqa: E731 - read the one gateway's word
+    assert health() == "checking"
+    pool.record_probe("192.0.2.11", False)
+    assert health() == "checking" and status.up
+    pool.record_probe("192.0.2.11", True)
+    assert health() == "checking"
+    pool.record_probe("192.0.2.11", True)
+    assert health() == "up"
+
+
+def test_drained_gateway_full_flag_follows_load():
+    pool = make_pool()
+    pool.record_load("192.0.2.11", 90, now=0.0)
+    pool.build_table(0.0)
+    assert pool.statuses["192.0.2.11"].full
+    pool.set_drained("192.0.2.11", True)
+    pool.record_load("192.0.2.11", 0, now=1.0)
+    pool.build_table(1.0)
+    assert not pool.statuses["192.0.2.11"].full
+
+
+def test_find_any_address_notation():
+    pool = make_pool(CONFIG.replace("192.0.2.12", "2001:db8::13"))
+    assert pool.find("2001:DB8:0::13").name == "2001:db8::13"
+    assert pool.find("[2001:db8::13]").name == "2001:db8::13"
+    assert pool.find("192.0.2.011") is None
+
+
+def test_expired_reading_logged(caplog):
+    pool = make_pool()
+    pool.record_load("192.0.2.12", 60, now=0.0)
+    with caplog.at_level(logging.INFO, logger="fastredir"):
+        pool.build_table(0.0)
+        pool.build_table(20.0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "gateway 192.0.2.12: load reading older than 10 s; assuming load.default 5 until a new one" in messages

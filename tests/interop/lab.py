@@ -700,6 +700,10 @@ def start_default_peers(lab: Lab) -> None:
 # Command line for manual experiments
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     with Lab() as lab:
         start_default_peers(lab)
@@ -708,17 +712,20 @@ def _cmd_up(args: argparse.Namespace) -> int:
         for host in lab.hosts:
             print(f"  {host}: ip netns exec {lab.namespace(host)} ...")
         print(
-            "  client swanctl: ip netns exec {ns} env STRONGSWAN_CONF={conf} swanctl --uri {uri} "
-            "--initiate --ike redirect-v4".format(
+            "  client swanctl: ip netns exec {ns} env STRONGSWAN_CONF={conf} swanctl "
+            "--initiate --ike redirect-v4 --uri {uri}".format(
                 ns=lab.namespace("client"), conf=client.conf_path, uri=client.vici_uri
             )
         )
         print(f"  client connections: {', '.join(CLIENT_CONNECTIONS)}")
-        print(f"holding for {args.hold} s; press Ctrl-C to tear down earlier", flush=True)
+        print(f"holding for {args.hold} s; Ctrl-C or SIGTERM tears it down earlier", flush=True)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             time.sleep(args.hold)
         except KeyboardInterrupt:
             pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         print("tearing down")
     return 0
 

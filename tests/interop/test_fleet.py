@@ -630,7 +630,7 @@ def test_reload_under_load(lab: Lab, start_redirector, load_generator: LoadGener
             assert reload.returncode == 0, (
                 f"reload {number} failed: {reload.stderr}\n{redirector.describe()}"
             )
-            assert reload.stdout.strip() == "reload done"
+            assert reload.stdout.strip() == f"reload done from {redirector.config_path}"
             status = redirector.status()
         names = [gateway["name"] for gateway in status["gateways"]]
         assert names == expected_names, f"gateways after reload {number}: {names}"
