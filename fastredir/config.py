@@ -41,7 +41,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 KEY_MODES = {"address": KeyMode.ADDRESS, "address+spi": KeyMode.ADDRESS_SPI}
 OVERFLOW_ACTIONS = ("drop", "least_loaded")
-MAX_LOAD = 100_000_000  # IKE SAs; far above what one gateway holds
+MAX_LOAD = 100_000_000  # IKE SAs; far above the count of any one gateway
 MAX_WORKERS = 256
 MAX_TABLE_SIZE = 1 << 20  # a larger table takes seconds to build in Python
 # The Maglev paper's rule of thumb: at least 100 slots per gateway keeps
@@ -68,7 +68,7 @@ class Listener:
 
 @dataclass(frozen=True)
 class LoadSource:
-    """Where a gateway's load (its IKE SA count) comes from."""
+    """Source of a gateway's load (its IKE SA count)."""
 
     kind: str  # "vici", "http" or "static"
     location: str = ""  # the VICI socket (unix:///path or tcp://host:port) or the URL

@@ -13,12 +13,12 @@ import concurrent.futures
 import logging
 import selectors
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from fastredir.ikev2 import FLAG_RESPONSE, IKE_HEADER_LENGTH, MAJOR_VERSION, NAT_T_PORT, NON_ESP_MARKER
+from fastredir.periodic import PeriodicThread
 from fastredir.probe import new_request
 
 log = logging.getLogger("fastredir")
@@ -129,7 +129,7 @@ def probe_round(targets: list[Target], timeout: float) -> dict[str, str]:
     return results
 
 
-class HealthChecker(threading.Thread):
+class HealthChecker(PeriodicThread):
     """Probes the targets `targets()` returns every `interval` seconds and
     passes each round's results to `report`."""
 
@@ -140,23 +140,12 @@ class HealthChecker(threading.Thread):
         interval: Callable[[], float],
         timeout: Callable[[], float],
     ) -> None:
-        super().__init__(name="health", daemon=True)
+        super().__init__("health", interval)
         self._targets = targets
         self._report = report
-        self._interval = interval
         self._timeout = timeout
-        self._stopping = threading.Event()
 
-    def stop(self) -> None:
-        self._stopping.set()
-
-    def run(self) -> None:
-        while not self._stopping.is_set():
-            started = time.monotonic()
-            targets = self._targets()
-            if targets:
-                try:
-                    self._report(probe_round(targets, self._timeout()))
-                except Exception:  # keep checking whatever one round did
-                    log.exception("health check round failed")
-            self._stopping.wait(max(0.0, started + self._interval() - time.monotonic()))
+    def step(self) -> None:
+        targets = self._targets()
+        if targets:
+            self._report(probe_round(targets, self._timeout()))

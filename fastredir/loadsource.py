@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
-import time
 import urllib.error
 import urllib.request
 from typing import Callable
 
 from fastredir.config import LoadSource, parse_host_port
+from fastredir.periodic import PeriodicThread
 
 log = logging.getLogger("fastredir")
 
@@ -93,7 +92,7 @@ def read_load(source: LoadSource, timeout: float) -> int:
     return source.value
 
 
-class LoadPoller(threading.Thread):
+class LoadPoller(PeriodicThread):
     """Reads every polled source each interval and passes each reading,
     or failure, to `report(name, load or None, problem)`."""
 
@@ -104,27 +103,19 @@ class LoadPoller(threading.Thread):
         interval: Callable[[], float],
         timeout: Callable[[], float],
     ) -> None:
-        super().__init__(name="load", daemon=True)
+        super().__init__("load", interval)
         self._sources = sources
         self._report = report
-        self._interval = interval
         self._timeout = timeout
-        self._stopping = threading.Event()
 
-    def stop(self) -> None:
-        self._stopping.set()
-
-    def run(self) -> None:
-        while not self._stopping.is_set():
-            started = time.monotonic()
-            for name, source in self._sources():
-                if self._stopping.is_set():
-                    return
-                try:
-                    self._report(name, read_load(source, self._timeout()), "")
-                except LoadError as exc:
-                    self._report(name, None, str(exc))
-                except Exception as exc:  # a reader bug must not end polling
-                    log.exception("load poll of %s failed", name)
-                    self._report(name, None, f"{type(exc).__name__}: {exc}")
-            self._stopping.wait(max(0.0, started + self._interval() - time.monotonic()))
+    def step(self) -> None:
+        for name, source in self._sources():
+            if self.stopping:
+                return
+            try:
+                self._report(name, read_load(source, self._timeout()), "")
+            except LoadError as exc:
+                self._report(name, None, str(exc))
+            except Exception as exc:  # a reader bug must not end polling
+                log.exception("load poll of %s failed", name)
+                self._report(name, None, f"{type(exc).__name__}: {exc}")

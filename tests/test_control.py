@@ -96,10 +96,12 @@ def test_status_lists_gateways(instance):
     current = status(control)
     assert [g["name"] for g in current["gateways"]] == list(GATEWAYS)
     assert all(g["in_table"] and not g["drained"] for g in current["gateways"])
-    assert current["received"] == 1 and current["answered"] == 1
+    assert current["received"] == 1
+    assert current["answered"] == 1
     text = fastredir("status", "--control", control)
     assert text.returncode == 0
-    assert "192.0.2.12" in text.stdout and "received 1, answered 1" in text.stdout
+    assert "192.0.2.12" in text.stdout
+    assert "received 1, answered 1" in text.stdout
 
 
 def test_drain_stops_new_redirects(instance):
@@ -107,7 +109,8 @@ def test_drain_stops_new_redirects(instance):
     before = {ask(port, source) for source in SOURCES}
     assert "192.0.2.12" in before
     result = fastredir("drain", "192.0.2.12", "--control", control)
-    assert result.returncode == 0 and result.stdout.strip() == "192.0.2.12 drained"
+    assert result.returncode == 0
+    assert result.stdout.strip() == "192.0.2.12 drained"
     after = [ask(port, source) for source in SOURCES]
     assert None not in after
     assert "192.0.2.12" not in after
@@ -132,7 +135,8 @@ def test_reload_applies_valid_refuses_invalid(instance):
     path.write_text("listen: [\n")
     refused = fastredir("reload", "--control", control)
     assert refused.returncode == 1
-    assert "reload refused" in refused.stderr and "invalid YAML" in refused.stderr
+    assert "reload refused" in refused.stderr
+    assert "invalid YAML" in refused.stderr
     assert {ask(port, source) for source in SOURCES[:10]} == {"192.0.2.31"}
     current = status(control)
     assert current["reloads"] == {"done": 1, "refused": 1}
