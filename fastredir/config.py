@@ -123,7 +123,7 @@ class HealthConfig:
 
 @dataclass(frozen=True)
 class LoadConfig:
-    """How gateway load is polled."""
+    """Polling of gateway load sources."""
 
     interval: float = 5.0  # seconds between polls of one gateway
     timeout: float = 2.0  # seconds a poll may take
@@ -745,6 +745,21 @@ _TOP_KEYS = (
 )
 
 
+def _items(walker: _Walker, keys: dict[str, yaml.Node], name: str, read: Callable, empty: str) -> list:
+    """Read the list under top-level key `name`, each item with `read`;
+    return the valid items (the walker has the errors of the others)."""
+    if name not in keys:
+        return []
+    items = []
+    for index, item in enumerate(walker.sequence(keys[name], name) or []):
+        value = read(walker, item, f"{name}[{index}]")
+        if value is not None:
+            items.append(value)
+    if isinstance(keys[name], yaml.SequenceNode) and not keys[name].value:
+        walker.error(keys[name], name, empty)
+    return items
+
+
 def parse_config(text: str, source: str) -> Config:
     """Parse and validate a configuration document.
 
@@ -769,22 +784,8 @@ def parse_config(text: str, source: str) -> Config:
         if required not in keys:
             walker.error(root, required, "missing; it is required")
 
-    listeners: list[Listener] = []
-    if "listen" in keys:
-        for index, item in enumerate(walker.sequence(keys["listen"], "listen") or []):
-            listener = _listener(walker, item, f"listen[{index}]")
-            if listener is not None:
-                listeners.append(listener)
-        if isinstance(keys["listen"], yaml.SequenceNode) and not keys["listen"].value:
-            walker.error(keys["listen"], "listen", "must list at least one address")
-    gateways: list[GatewayConfig] = []
-    if "gateways" in keys:
-        for index, item in enumerate(walker.sequence(keys["gateways"], "gateways") or []):
-            gateway = _gateway(walker, item, f"gateways[{index}]")
-            if gateway is not None:
-                gateways.append(gateway)
-        if isinstance(keys["gateways"], yaml.SequenceNode) and not keys["gateways"].value:
-            walker.error(keys["gateways"], "gateways", "must list at least one gateway")
+    listeners = _items(walker, keys, "listen", _listener, "must list at least one address")
+    gateways = _items(walker, keys, "gateways", _gateway, "must list at least one gateway")
 
     settings: dict[str, Any] = {}
     if "workers" in keys:

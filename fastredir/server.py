@@ -81,8 +81,13 @@ def drop_privileges(user: str | None, group: str | None, paths: list[str]) -> No
 
     try:
         entry = pwd.getpwnam(user) if user else None
-        gid = grp.getgrnam(group).gr_gid if group else (entry.pw_gid if entry else os.getgid())
         uid = entry.pw_uid if entry else os.getuid()
+        if group:
+            gid = grp.getgrnam(group).gr_gid
+        elif entry:
+            gid = entry.pw_gid
+        else:
+            gid = os.getgid()
         for path in paths:
             os.chown(path, uid, gid)
         os.setgroups([])

@@ -177,7 +177,9 @@ def test_requests_answered_as_rfc5685(server, tmp_path):
         assert message.header.message_id == 0
         assert [p.type for p in message.payloads] == [PayloadType.NOTIFY]
         notify = message.find_notify(NotifyType.REDIRECT)
-        assert notify is not None and notify.protocol_id == 0 and notify.spi == b""
+        assert notify is not None
+        assert notify.protocol_id == 0
+        assert notify.spi == b""
         redirect = Redirect.decode(notify.data)
         assert str(redirect.gateway) in (GATEWAY_V4, GATEWAY_FQDN)
         assert redirect.nonce == Message.parse(request).nonces()[0]
